@@ -1,0 +1,67 @@
+"""The ``sfp`` command line.
+
+Each sub-command lives in its own module that defines::
+
+    def configure(parser: argparse.ArgumentParser) -> None: ...   # add the command's arguments
+    def run(args: argparse.Namespace) -> int: ...                  # do the work, return exit code
+
+and is listed once in :data:`COMMANDS` (name -> (module, one-line help)). Modules are imported only
+when their command runs, so ``sfp --help`` stays fast. Errors from the :mod:`sfp_env.errors`
+hierarchy are printed as one readable message (exit code 2) instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from sfp_env import __version__
+from sfp_env.errors import SFPError
+
+#: name -> (module defining configure/run, help line)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("sfp_agents.commands.data", "generate embedded data sets (sevir, nse, sst)"),
+    "train-gwm": ("sfp_agents.training.pretrain", "Stage 1: pretrain a generative world model"),
+    "train-agent": ("sfp_agents.training.self_train", "Stage 2: self-train an agent (or baseline)"),
+    "evaluate": ("sfp_agents.training.evaluate", "evaluate an agent checkpoint on an environment"),
+    "leaderboard": ("benchmarks.leaderboard", "baseline vs +SFP leaderboard per task/backbone"),
+    "visualize": ("sfp_agents.visualize", "PNG panel and GIF of truth vs forecasts"),
+    "bench": ("benchmarks.throughput", "throughput benchmarks (ratios on this machine)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sfp", description="Spatiotemporal Forecasting as Planning (sfp)."
+    )
+    parser.add_argument("--version", action="version", version=f"sfp {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_module, help_line) in COMMANDS.items():
+        sub.add_parser(name, help=help_line, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``sfp`` and ``python -m sfp_agents``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] not in COMMANDS:
+        parser.parse_args(argv or ["--help"])
+        return 2
+    name, rest = argv[0], argv[1:]
+    module_name, help_line = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    cmd_parser = argparse.ArgumentParser(prog=f"sfp {name}", description=help_line)
+    module.configure(cmd_parser)
+    args = cmd_parser.parse_args(rest)
+    try:
+        return int(module.run(args) or 0)
+    except SFPError as e:
+        print(f"sfp {name}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
