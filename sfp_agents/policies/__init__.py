@@ -1,0 +1,19 @@
+"""Forecasting policies: backbones (``BACKBONES`` registry) and the forecaster heads.
+
+``build_backbone(name, in_frames, channels, height, width, downsample=4)`` builds a registered
+backbone ("simvp", "convlstm", "fno", "resnet"); ``register_backbone(name, factory)`` adds yours.
+:class:`ForecasterPolicy` is the SFP agent; :class:`SupervisedForecaster` the MSE baseline.
+"""
+
+from __future__ import annotations
+
+from sfp_agents.policies.backbones import BACKBONES, build_backbone, register_backbone
+from sfp_agents.policies.forecaster import ForecasterPolicy, SupervisedForecaster
+
+__all__ = [
+    "BACKBONES",
+    "build_backbone",
+    "register_backbone",
+    "ForecasterPolicy",
+    "SupervisedForecaster",
+]

@@ -1,0 +1,120 @@
+"""Throughput benchmarks in one table (``sfp bench``, ``python -m benchmarks.throughput``).
+
+Each benchmark compares two implementations of the same computation *in one process on one
+machine*, so the ratio is meaningful even on a shared, noisy machine; absolute numbers are labelled
+with the hardware they came from and are only comparable on the same hardware.
+
+- quantizer: index-gather top-K vs a one-hot implementation (E=1024, K=10, 45x90 latent grid),
+  peak memory and time (issue 3);
+- env: batched vector env vs ``SyncVectorEnv`` of the same N single envs (N=16),
+  steps/s (issue 4);
+- beam: batched beam search vs a per-sample, per-candidate loop (B=16, K=10),
+  candidates/s (issue 5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+#: name -> (module, target description); each module exposes ``run(**kwargs) -> dict`` whose dict
+#: holds at least ``ratio`` (higher = batched implementation better) and ``metric``.
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "quantizer": ("benchmarks.quantizer_bench", "gather vs one-hot: time and peak-memory ratios"),
+    "env": ("benchmarks.env_bench", "batched vector env vs SyncVectorEnv (target >= 5x)"),
+    "beam": ("benchmarks.beam_bench", "batched beam search vs per-sample loop (target >= 10x)"),
+}
+
+
+def hardware() -> dict[str, Any]:
+    """A description of the machine the numbers come from."""
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+    }
+    if torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def run_all(names: list[str] | None = None, device: str = "cpu", quick: bool = False) -> dict:
+    """Run the named benchmarks (all by default) and return their results with the hardware."""
+    results: dict[str, Any] = {"hardware": hardware(), "device": device, "benchmarks": {}}
+    for name in names or list(BENCHMARKS):
+        module_name, target = BENCHMARKS[name]
+        module = importlib.import_module(module_name)
+        run: Callable[..., dict] = module.run
+        kwargs: dict[str, Any] = {"device": device}
+        if quick and hasattr(module, "QUICK"):
+            kwargs.update(module.QUICK)
+        t0 = time.perf_counter()
+        out = run(**kwargs)
+        out["wall_s"] = round(time.perf_counter() - t0, 2)
+        out["target"] = target
+        results["benchmarks"][name] = out
+    return results
+
+
+def format_table(results: dict) -> str:
+    """Markdown table of the ratios plus the absolute numbers with their hardware label."""
+    hw = results["hardware"]
+    cpu = f"{hw['processor']} x{hw['cpu_count']} ({hw['torch_threads']} threads)"
+    label = hw.get("cuda_device") or cpu
+    lines = [
+        f"Hardware: {label}; torch {hw['torch']}; device {results['device']}",
+        "",
+        "| benchmark | what | ratio (batched / naive) | details | target |",
+        "|---|---|---|---|---|",
+    ]
+    for name, out in results["benchmarks"].items():
+        details = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in out.items()
+            if k not in {"ratio", "metric", "target", "wall_s"} and not isinstance(v, (dict, list))
+        )
+        lines.append(
+            f"| {name} | {out.get('metric', '')} | {out['ratio']:.2f}x | {details} "
+            f"| {out['target']} |"
+        )
+    return "\n".join(lines)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS), help="benchmarks to run")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
+    parser.add_argument("--out", type=Path, default=None, help="write the results JSON here")
+
+
+def run(args: argparse.Namespace) -> int:
+    results = run_all(args.only, device=args.device, quick=args.quick)
+    print(format_table(results))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2, default=str))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__)
+    configure(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

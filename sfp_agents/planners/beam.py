@@ -1,0 +1,252 @@
+"""Batched multi-step beam search over codebook candidates around the agent's intentions.
+
+At step ``s`` (one lead-time chunk of ``T_f`` frames) every surviving beam expands into ``N``
+candidate latents built from the top-K codes nearest to the intention ``intentions[:, s]``:
+
+- ``candidates="rank"`` (the SFP paper): candidate ``j`` takes the ``j``-th nearest code in every
+  cell (``j < K``), so candidate 0 is the intention quantized to its top-1 code;
+- ``candidates="sample"``: candidate 0 is the top-1 code; the others draw each cell's code from
+  the top-K with probabilities ``softmax(-sq_distance / temperature)`` (seeded generator).
+
+All ``B x beams x N`` candidates of a step are decoded in one ``decode_candidates`` call (each
+beam's context features computed once) and scored in one reward call against the truth chunk.
+Path scores are cumulative rewards; NaN counts as ``-inf`` so it ranks last; the best
+``beam_width`` paths per sample survive (a stable descending sort, so ties keep the lower
+(beam, candidate) index). A beam's autoregressive context is the last ``T_in`` frames of its own
+history (the observed context followed by its imagined chunks). Step 1 starts from one beam per
+sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sfp_env.errors import ConfigError
+from sfp_env.registry import Registry
+
+from sfp_agents.planners.base import Plan, Planner, RewardFn, nan_to_neg_inf, register_planner
+
+__all__ = [
+    "BeamSearchPlanner",
+    "GreedyPlanner",
+    "CANDIDATE_MODES",
+    "rank_candidates",
+    "sample_candidates",
+]
+
+#: ``fn(world_model, intention [B, D, h, w], beams, planner, generator) -> indices
+#: [B, beams, N, h, w]`` (long codebook indices, candidate 0 = top-1 code).
+CandidateFn = Callable[[Any, Tensor, int, "BeamSearchPlanner", "torch.Generator | None"], Tensor]
+
+CANDIDATE_MODES: Registry[CandidateFn] = Registry("candidate mode")
+
+
+def rank_candidates(
+    world_model: Any,
+    intention: Tensor,
+    beams: int,
+    planner: BeamSearchPlanner,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """Candidate ``j`` = the ``j``-th nearest code in every cell; ``[B, beams, N, h, w]``."""
+    indices, _ = world_model.nearest(intention, planner.top_k)  # [B, K, h, w]
+    indices = indices[:, : planner.num_candidates]
+    return indices[:, None].expand(-1, beams, -1, -1, -1)
+
+
+def sample_candidates(
+    world_model: Any,
+    intention: Tensor,
+    beams: int,
+    planner: BeamSearchPlanner,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """Per-cell codes drawn from the top-K (softmax of -sq_distance / temperature), independently
+    per beam; candidate 0 is the top-1 code. Returns ``[B, beams, N, h, w]``."""
+    indices, sq_dist = world_model.nearest(intention, planner.top_k)  # [B, K, h, w] each
+    b, k, h, w = indices.shape
+    n = planner.num_candidates
+    probs = torch.softmax(-sq_dist.float() / planner.temperature, dim=1)  # [B, K, h, w]
+    probs = probs.permute(0, 2, 3, 1)[:, None].expand(b, beams, h, w, k).reshape(-1, k)
+    rank = torch.zeros(b, beams, n, h, w, dtype=torch.long, device=indices.device)
+    if n > 1:
+        drawn = torch.multinomial(probs, n - 1, replacement=True, generator=generator)
+        rank[:, :, 1:] = drawn.view(b, beams, h, w, n - 1).permute(0, 1, 4, 2, 3)
+    table = indices[:, None, None].expand(b, beams, n, k, h, w)
+    return torch.gather(table, 3, rank[:, :, :, None]).squeeze(3)
+
+
+CANDIDATE_MODES.register("rank", rank_candidates)
+CANDIDATE_MODES.register("sample", sample_candidates)
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"beam search: {name} must be a positive integer, got {value!r}",
+            fix=f"set {name} to 1 or more",
+        )
+    return value
+
+
+class BeamSearchPlanner(Planner):
+    """Multi-step beam search over top-K codebook candidates (see the module docstring).
+
+    Args:
+        beam_width: paths kept per sample between steps (1 = greedy).
+        top_k: how many nearest codes per cell candidates are drawn from.
+        candidates: ``"rank"`` or ``"sample"`` (or a mode added to ``CANDIDATE_MODES``).
+        num_candidates: candidates per beam and step; default ``top_k``; at most ``top_k`` for
+            ``"rank"``.
+        temperature: softmax temperature of ``"sample"`` (in squared latent distance units).
+        seed: seed of the local generator used by ``"sample"`` (re-seeded at every ``plan``
+            call, so a call is a deterministic function of its inputs).
+    """
+
+    name = "beam"
+
+    def __init__(
+        self,
+        beam_width: int = 4,
+        top_k: int = 10,
+        candidates: str = "rank",
+        num_candidates: int | None = None,
+        temperature: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        self.width = _positive_int("beam_width", beam_width)
+        self.top_k = _positive_int("top_k", top_k)
+        self.candidates = candidates
+        self.candidate_fn = CANDIDATE_MODES.get(candidates)
+        n = top_k if num_candidates is None else _positive_int("num_candidates", num_candidates)
+        if candidates == "rank" and n > top_k:
+            raise ConfigError(
+                f"beam search: num_candidates={n} > top_k={top_k} in 'rank' mode, which has "
+                "only top_k ranked candidates per step",
+                fix=f"use num_candidates <= {top_k}, raise top_k, or use candidates='sample'",
+            )
+        self.num_candidates = n
+        if not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise ConfigError(
+                f"beam search: temperature must be > 0, got {temperature!r}",
+                fix="use a positive temperature such as 1.0",
+            )
+        self.temperature = float(temperature)
+        self.seed = int(seed)
+
+    def candidates_per_step(self) -> int:
+        return self.num_candidates
+
+    def beam_width(self) -> int:
+        return self.width
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(beam_width={self.width}, top_k={self.top_k}, "
+            f"candidates={self.candidates!r}, num_candidates={self.num_candidates}, "
+            f"temperature={self.temperature}, seed={self.seed})"
+        )
+
+    def _plan(
+        self,
+        context: Tensor,
+        intentions: Tensor,
+        world_model: Any,
+        reward: RewardFn,
+        truth: Tensor,
+        chunk_frames: int,
+    ) -> Plan:
+        b, t_in = context.shape[:2]
+        frame_shape = tuple(context.shape[2:])
+        steps = intentions.shape[1]
+        latent_shape = tuple(intentions.shape[2:])
+        n = self.num_candidates
+        generator = torch.Generator(device=context.device).manual_seed(self.seed)
+        rows = torch.arange(b, device=context.device)[:, None]  # [B, 1] for beam gathers
+
+        history = context[:, None]  # [B, beams, T_in, C, H, W]
+        score = context.new_zeros(b, 1)  # cumulative, NaN -> -inf
+        path_rewards = context.new_zeros(b, 1, 0)
+        path_future = context.new_zeros(b, 1, 0, *frame_shape)
+        path_indices = torch.zeros(
+            b, 1, 0, *latent_shape[1:], dtype=torch.long, device=context.device
+        )
+        path_latents = context.new_zeros(b, 1, 0, *latent_shape)
+        stats: dict[str, Any] = {"candidates_scored": 0, "diversity": 0.0}
+
+        for s in range(steps):
+            beams = history.shape[1]
+            idx = self.candidate_fn(world_model, intentions[:, s], beams, self, generator)
+            latents = world_model.codes(idx)  # [B, beams, N, D, h, w]
+            preds = world_model.decode_candidates(
+                history.reshape(b * beams, t_in, *frame_shape),
+                latents.reshape(b * beams, n, *latent_shape),
+            )  # [B * beams, N, T_f, C, H, W]
+            truth_s = truth[:, s * chunk_frames : (s + 1) * chunk_frames]
+            truth_s = truth_s[:, None, None].expand(b, beams, n, *truth_s.shape[1:])
+            rewards = reward(
+                preds.reshape(b * beams * n, chunk_frames, *frame_shape),
+                truth_s.reshape(b * beams * n, chunk_frames, *frame_shape),
+            ).reshape(b, beams, n)
+
+            stats["candidates_scored"] += b * beams * n
+            if n > 1:
+                stats["diversity"] += float(preds.flatten(2).std(dim=1).mean()) / steps
+            if s == 0:
+                stats["reward_candidate0"] = float(rewards[:, 0, 0].mean())
+                stats["reward_best_first_step"] = float(
+                    nan_to_neg_inf(rewards[:, 0]).amax(dim=1).mean()
+                )
+
+            flat = nan_to_neg_inf(score[:, :, None] + rewards).reshape(b, beams * n)
+            keep = min(self.width, beams * n)
+            order = torch.sort(flat, dim=1, descending=True, stable=True).indices[:, :keep]
+            parent, cand = order // n, order % n  # [B, keep] each
+            score = flat.gather(1, order)
+
+            chunk = preds.reshape(b, beams, n, chunk_frames, *frame_shape)[rows, parent, cand]
+            history = torch.cat([history[rows, parent], chunk], dim=2)[:, :, -t_in:]
+            path_future = torch.cat([path_future[rows, parent], chunk], dim=2)
+            path_rewards = torch.cat(
+                [path_rewards[rows, parent], rewards[rows, parent, cand][:, :, None]], dim=2
+            )
+            chosen = idx[rows, parent, cand][:, :, None]  # [B, keep, 1, h, w]
+            path_indices = torch.cat([path_indices[rows, parent], chosen], dim=2)
+            path_latents = torch.cat(
+                [path_latents[rows, parent], latents[rows, parent, cand][:, :, None]], dim=2
+            )
+
+        stats["beams"] = int(history.shape[1])
+        step_rewards = path_rewards[:, 0]
+        return Plan(
+            best_future=path_future[:, 0],
+            step_rewards=step_rewards,
+            total_reward=step_rewards.sum(dim=1),
+            indices=path_indices[:, 0],
+            latents=path_latents[:, 0],
+            stats=stats,
+        )
+
+
+class GreedyPlanner(BeamSearchPlanner):
+    """Beam search with ``beam_width=1``: at each step keep the best candidate of the one path."""
+
+    name = "greedy"
+
+    def __init__(
+        self,
+        top_k: int = 10,
+        candidates: str = "rank",
+        num_candidates: int | None = None,
+        temperature: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(1, top_k, candidates, num_candidates, temperature, seed)
+
+
+register_planner("beam", BeamSearchPlanner)
+register_planner("greedy", GreedyPlanner)

@@ -1,0 +1,237 @@
+"""Forecaster policies: the SFP agent (intentions decoded by the frozen world model) and the
+supervised baseline (a frame head on the same backbone).
+
+Both map ``context [B, T_in, C, H, W]`` to a forecast ``[B, T_out, C, H, W]`` in ``forward``.
+
+:class:`ForecasterPolicy` holds the world model **outside** its module tree: the world model is
+not a submodule, so it is absent from ``parameters()`` and ``state_dict()`` (an agent checkpoint
+stores only the backbone and the intention head), and it is frozen on construction. ``policy.to``
+/ ``.cuda`` / ``.float`` still move it (``_apply`` is forwarded), and ``policy.train()`` leaves it
+in eval mode.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sfp_env.errors import ConfigError, ShapeError
+
+__all__ = ["ForecasterPolicy", "SupervisedForecaster", "freeze_world_model"]
+
+
+def freeze_world_model(world_model: Any) -> Any:
+    """Freeze ``world_model`` in place (its own ``freeze()`` when it has one) and return it."""
+    if callable(getattr(world_model, "freeze", None)):
+        world_model.freeze()
+    else:
+        world_model.requires_grad_(False)
+        world_model.eval()
+    return world_model
+
+
+def _check_features(owner: str, features: Tensor, expected: tuple[int, int, int]) -> None:
+    if features.dim() != 4 or tuple(features.shape[1:]) != expected:
+        raise ShapeError(
+            f"{owner}: the backbone returned features {tuple(features.shape)}, expected "
+            f"[B, {', '.join(map(str, expected))}] = [B, F, h, w]",
+            fix="build the backbone with the world model's downsample (h = H / downsample) and "
+            "check its out_channels",
+        )
+
+
+class ForecasterPolicy(nn.Module):
+    """SFP agent: backbone -> intention head -> actions in [-1, 1] -> latents -> frozen decoder.
+
+    Args:
+        backbone: ``[B, T_in, C, H, W]`` -> ``[B, F, h, w]`` with ``out_channels`` F, at the world
+            model's latent resolution ``(h, w)``.
+        world_model: a ``GenerativeWorldModel`` (frozen here; not registered as a submodule).
+        steps: S, the number of lead-time chunks (``T_out = S * chunk_frames``).
+    """
+
+    def __init__(self, backbone: nn.Module, world_model: Any, steps: int) -> None:
+        super().__init__()
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ConfigError(
+                f"ForecasterPolicy: steps must be a positive integer, got {steps!r}",
+                fix="pass S = T_out / chunk_frames of the task",
+            )
+        features = getattr(backbone, "out_channels", None)
+        if not isinstance(features, int):
+            raise ConfigError(
+                f"ForecasterPolicy: the backbone {type(backbone).__name__} has no int attribute "
+                "out_channels",
+                fix="build it with sfp_agents.policies.build_backbone or set out_channels",
+            )
+        self.backbone = backbone
+        self.steps = steps
+        d, h, w = (int(v) for v in world_model.latent_shape)
+        self.latent_shape = (d, h, w)
+        self.chunk_frames = int(world_model.config.chunk_frames)
+        self.head = nn.Sequential(
+            nn.Conv2d(features, features, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(features, steps * d, 1),
+        )
+        # bypass nn.Module.__setattr__ so the world model is not a submodule
+        object.__setattr__(self, "_world_model", freeze_world_model(world_model))
+
+    @property
+    def world_model(self) -> Any:
+        """The frozen world model (not part of ``parameters()`` / ``state_dict()``)."""
+        return self._world_model
+
+    @property
+    def out_frames(self) -> int:
+        """T_out = S * T_f."""
+        return self.steps * self.chunk_frames
+
+    def _apply(self, fn: Any, recurse: bool = True) -> ForecasterPolicy:
+        super()._apply(fn, recurse)
+        self._world_model._apply(fn)
+        return self
+
+    def train(self, mode: bool = True) -> ForecasterPolicy:
+        super().train(mode)
+        self._world_model.eval()
+        return self
+
+    def actions(self, context: Tensor) -> Tensor:
+        """``[B, T_in, C, H, W]`` -> actions ``[B, S, D, h, w]`` in [-1, 1] (tanh)."""
+        features = self.backbone(context)
+        _check_features(
+            "ForecasterPolicy", features, (self.backbone.out_channels, *self.latent_shape[1:])
+        )
+        out = torch.tanh(self.head(features))
+        return out.view(out.shape[0], self.steps, *self.latent_shape)
+
+    def intentions(self, context: Tensor) -> Tensor:
+        """Latent intentions ``[B, S, D, h, w]`` = ``world_model.action_to_latent(actions)``."""
+        return self._world_model.action_to_latent(self.actions(context))
+
+    def decode(self, context: Tensor, intentions: Tensor, quantize: bool = True) -> Tensor:
+        """Decode ``intentions [B, S, D, h, w]`` chunk by chunk -> ``[B, S * T_f, C, H, W]``.
+
+        Each chunk's context is the last ``T_in`` frames of ``context`` followed by the chunks
+        decoded so far. With ``quantize`` each latent is replaced by its top-1 code with a
+        straight-through gradient (``z + (code - z).detach()``), so gradients reach ``z``.
+        """
+        if intentions.dim() != 5 or tuple(intentions.shape[1:]) != (
+            self.steps, *self.latent_shape
+        ):
+            raise ShapeError(
+                f"ForecasterPolicy.decode: intentions {tuple(intentions.shape)}, expected "
+                f"[B, {self.steps}, {', '.join(map(str, self.latent_shape))}]",
+                fix="pass one latent per chunk, e.g. policy.intentions(context)",
+            )
+        wm = self._world_model
+        t_in = context.shape[1]
+        history, chunks = context, []
+        for s in range(self.steps):
+            z = intentions[:, s]
+            if quantize:
+                with torch.no_grad():
+                    code = wm.codes(wm.nearest(z.detach(), 1)[0][:, 0])
+                z = z + (code - z).detach()
+            chunk = wm.decode(z, history)  # [B, T_f, C, H, W]
+            chunks.append(chunk)
+            history = torch.cat([history, chunk], dim=1)[:, -t_in:]
+        return torch.cat(chunks, dim=1)
+
+    def forecast(self, context: Tensor, quantize: bool = True) -> Tensor:
+        """``[B, T_in, C, H, W]`` -> ``[B, S * T_f, C, H, W]`` through the frozen decoder."""
+        return self.decode(context, self.intentions(context), quantize=quantize)
+
+    def forward(self, context: Tensor) -> Tensor:
+        """The quantized forecast ``[B, T_out, C, H, W]``."""
+        return self.forecast(context, quantize=True)
+
+
+class SupervisedForecaster(nn.Module):
+    """Baseline: the backbone with its own frame head, trained with MSE against the truth.
+
+    The head refines the features at ``(h, w)``, then per factor of two upsamples (nearest) and
+    convolves, ending in ``out_frames * channels`` maps at ``(H, W)``.
+
+    Args:
+        backbone: ``[B, T_in, C, H, W]`` -> ``[B, F, H / ds, W / ds]``.
+        out_frames, channels, height, width: T_out, C, H, W of the forecast.
+        downsample: ds; default ``backbone.downsample``.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        out_frames: int,
+        channels: int,
+        height: int,
+        width: int,
+        downsample: int | None = None,
+    ) -> None:
+        super().__init__()
+        ds = getattr(backbone, "downsample", None) if downsample is None else downsample
+        features = getattr(backbone, "out_channels", None)
+        if not isinstance(features, int) or not isinstance(ds, int):
+            raise ConfigError(
+                f"SupervisedForecaster: the backbone {type(backbone).__name__} needs int "
+                f"attributes out_channels and downsample (got {features!r}, {ds!r})",
+                fix="build it with sfp_agents.policies.build_backbone, or pass downsample=",
+            )
+        if ds < 1 or ds & (ds - 1) or height % ds or width % ds:
+            raise ConfigError(
+                f"SupervisedForecaster: downsample={ds} must be a power of two dividing "
+                f"{height}x{width}",
+                fix="use the backbone's downsample (usually 4)",
+            )
+        for name, value in (("out_frames", out_frames), ("channels", channels)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(
+                    f"SupervisedForecaster: {name} must be a positive integer, got {value!r}",
+                    fix=f"pass the task's {name}",
+                )
+        self.backbone = backbone
+        self.out_frames, self.channels = out_frames, channels
+        self.height, self.width, self.downsample = height, width, ds
+        layers: list[nn.Module] = [nn.Conv2d(features, features, 3, padding=1), nn.GELU()]
+        width_now = features
+        for _ in range(ds.bit_length() - 1):
+            nxt = max(16, width_now // 2)
+            layers += [
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                nn.Conv2d(width_now, nxt, 3, padding=1),
+                nn.GELU(),
+            ]
+            width_now = nxt
+        layers.append(nn.Conv2d(width_now, out_frames * channels, 3, padding=1))
+        self.head = nn.Sequential(*layers)
+
+    def forward(self, context: Tensor) -> Tensor:
+        """``[B, T_in, C, H, W]`` -> forecast ``[B, T_out, C, H, W]``."""
+        features = self.backbone(context)
+        _check_features(
+            "SupervisedForecaster",
+            features,
+            (self.backbone.out_channels, self.height // self.downsample,
+             self.width // self.downsample),
+        )
+        out = self.head(features)
+        return out.view(out.shape[0], self.out_frames, self.channels, self.height, self.width)
+
+    def forecast(self, context: Tensor) -> Tensor:
+        """Alias of ``forward``."""
+        return self(context)
+
+    def loss(self, context: Tensor, target: Tensor) -> Tensor:
+        """MSE between the forecast and ``target [B, T_out, C, H, W]`` (a scalar)."""
+        pred = self(context)
+        if pred.shape != target.shape:
+            raise ShapeError(
+                f"SupervisedForecaster.loss: target {tuple(target.shape)} does not match the "
+                f"forecast {tuple(pred.shape)}",
+                fix="pass targets [B, out_frames, channels, height, width]",
+            )
+        return F.mse_loss(pred, target)

@@ -1,0 +1,295 @@
+"""The reward registry shared by environments and planners.
+
+A reward maps a batch of forecasts and the matching truths, both ``[N, T, C, H, W]``, to a
+float32 tensor ``[N]`` (higher is better) in one batched call. A sample whose forecast holds NaN
+or inf scores NaN. ``REWARDS`` holds *factories*: ``factory(**kwargs) -> fn``;
+:func:`get_reward` builds one (checking the kwargs) and wraps it in :class:`Reward`, which
+checks shapes and dtypes on every call, so user callables obey the same contract.
+
+Categorical rewards are per-sample scores over (T, C, H, W) with ``undefined=1.0``: a forecast
+with no events and no false alarms where nothing happened scores 1 (see
+:mod:`sfp_env.metrics.categorical`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from sfp_env.errors import ConfigError, ShapeError
+from sfp_env.metrics._checks import as_float_tensor, check_positive
+from sfp_env.metrics.categorical import (
+    SEVIR_THRESHOLDS,
+    check_thresholds,
+    contingency,
+    csi,
+    hss,
+)
+from sfp_env.metrics.heatwave import check_mask, check_threshold, heatwave_contingency
+from sfp_env.metrics.image import sample_ssim
+from sfp_env.metrics.spectrum import energy_spectrum_error, tke_spectrum_error
+from sfp_env.registry import Registry
+
+__all__ = [
+    "RewardFn",
+    "Reward",
+    "REWARDS",
+    "register_reward",
+    "get_reward",
+    "build_from_factory",
+]
+
+RewardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+REWARDS: Registry[Callable[..., RewardFn]] = Registry("reward")
+_SAMPLE_DIMS = (1, 2, 3, 4)
+
+
+def register_reward(
+    name: str, factory: Callable[..., RewardFn], *, overwrite: bool = False
+) -> Callable[..., RewardFn]:
+    """Register ``factory(**kwargs) -> fn(pred, truth) -> [N]`` under ``name``."""
+    if not callable(factory):
+        raise ConfigError(
+            f"reward factory for {name!r} must be callable, got {type(factory).__name__}",
+            fix="register a function that takes the reward's options and returns fn(pred, truth)",
+        )
+    REWARDS.register(name, factory, overwrite=overwrite)
+    return factory
+
+
+def build_from_factory(kind: str, name: str, factory: Callable[..., Any], kwargs: Mapping) -> Any:
+    """Call ``factory(**kwargs)`` after checking the kwargs against its signature.
+
+    Unknown or missing keyword arguments raise :class:`ConfigError` naming them and listing the
+    accepted ones.
+    """
+    params = inspect.signature(factory).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        accepted = [
+            n
+            for n, p in params.items()
+            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        ]
+        unknown = sorted(set(kwargs) - set(accepted))
+        if unknown:
+            raise ConfigError(
+                f"{kind} {name!r} does not take {unknown}; it accepts {accepted or 'no options'}",
+                fix=f"remove {unknown} from the {kind} options",
+            )
+        missing = [
+            n for n in accepted if params[n].default is inspect.Parameter.empty and n not in kwargs
+        ]
+        if missing:
+            raise ConfigError(
+                f"{kind} {name!r} needs the options {missing}",
+                fix=f"pass {', '.join(f'{m}=...' for m in missing)}",
+            )
+    return factory(**kwargs)
+
+
+class Reward:
+    """A reward function with its contract enforced on every call.
+
+    ``reward(pred, truth)`` checks that both are ``[N, T, C, H, W]`` of one shape, calls the
+    wrapped function, checks that it returned ``[N]``, converts to float32 on ``pred``'s device,
+    and sets NaN for samples whose forecast is not finite everywhere.
+    """
+
+    def __init__(self, fn: RewardFn, name: str, kwargs: Mapping[str, Any] | None = None) -> None:
+        self.fn = fn
+        self.name = name
+        self.kwargs = dict(kwargs or {})
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+        return f"Reward({self.name}{', ' if args else ''}{args})"
+
+    def __call__(self, pred: Any, truth: Any) -> torch.Tensor:
+        p = as_float_tensor(pred, "pred")
+        t = as_float_tensor(truth, "truth").to(p.device)
+        if p.ndim != 5 or p.shape != t.shape:
+            raise ShapeError(
+                f"reward {self.name!r} takes pred and truth [N, T, C, H, W] of one shape, got "
+                f"pred {tuple(p.shape)} and truth {tuple(t.shape)}",
+                fix="stack candidates along the first dim and repeat the truth to match",
+            )
+        out = self.fn(p, t)
+        if not isinstance(out, torch.Tensor):
+            try:
+                out = torch.as_tensor(out)
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise ShapeError(
+                    f"reward {self.name!r} returned {type(out).__name__}, not a tensor [N]",
+                    fix="return one score per sample as a tensor of shape [N]",
+                ) from e
+        n = p.shape[0]
+        if tuple(out.shape) != (n,) or out.is_complex():
+            raise ShapeError(
+                f"reward {self.name!r} returned shape {tuple(out.shape)} (dtype {out.dtype}) for "
+                f"N={n} samples; expected real [{n}]",
+                fix="reduce over (T, C, H, W) and return one real score per sample",
+            )
+        out = out.to(device=p.device, dtype=torch.float32)
+        finite = torch.isfinite(p).reshape(n, -1).all(dim=1)
+        return torch.where(finite, out, torch.full_like(out, math.nan))
+
+
+def get_reward(name_or_callable: str | RewardFn | Reward, **kwargs: Any) -> Reward:
+    """Build a reward from a registered name (with its options) or wrap a user callable.
+
+    Raises:
+        RegistryError: unknown name (lists the registered ones, suggests the closest).
+        ConfigError: options the factory does not take (or a callable given with options).
+    """
+    if isinstance(name_or_callable, Reward) and not kwargs:
+        return name_or_callable
+    if isinstance(name_or_callable, str):
+        factory = REWARDS.get(name_or_callable)
+        fn = build_from_factory("reward", name_or_callable, factory, kwargs)
+        return Reward(fn, name_or_callable, kwargs)
+    if callable(name_or_callable):
+        if kwargs:
+            raise ConfigError(
+                f"options {sorted(kwargs)} were given with a callable reward; options only apply "
+                "to registered reward names",
+                fix="bind the options yourself (functools.partial) or register a factory",
+            )
+        name = getattr(name_or_callable, "__name__", type(name_or_callable).__name__)
+        return Reward(name_or_callable, name)
+    raise ConfigError(
+        f"reward must be a registered name or a callable, got {type(name_or_callable).__name__}",
+        fix=f"use one of {list(REWARDS)} or a function fn(pred, truth) -> [N]",
+    )
+
+
+# --- registered rewards ---------------------------------------------------------------------
+
+
+def _categorical(thresholds: Sequence[float], scale: float, pool: int, score: Callable) -> RewardFn:
+    scale = check_positive(scale, "scale")
+    thr = check_thresholds(tuple(thresholds), scale)
+    pool = check_positive(pool, "pool", integer=True)
+
+    def reward(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        table = contingency(pred, truth, thr, scale, pool, _SAMPLE_DIMS)
+        return score(table, undefined=1.0).nanmean(dim=-1)
+
+    return reward
+
+
+def csi_m_reward(
+    thresholds: Sequence[float] = SEVIR_THRESHOLDS, scale: float = 255.0, pool: int = 1
+) -> RewardFn:
+    """Per-sample mean CSI over ``thresholds`` (values * scale >= t), optionally max-pooled."""
+    return _categorical(thresholds, scale, pool, csi)
+
+
+def csi_reward(threshold: float, scale: float = 255.0, pool: int = 1) -> RewardFn:
+    """Per-sample CSI at one threshold."""
+    return _categorical((threshold,), scale, pool, csi)
+
+
+def csi_pool4_reward(
+    thresholds: Sequence[float] = SEVIR_THRESHOLDS, scale: float = 255.0
+) -> RewardFn:
+    """CSI-pool4: mean CSI over thresholds after 4x4 max-pooling."""
+    return _categorical(thresholds, scale, 4, csi)
+
+
+def csi_pool16_reward(
+    thresholds: Sequence[float] = SEVIR_THRESHOLDS, scale: float = 255.0
+) -> RewardFn:
+    """CSI-pool16: mean CSI over thresholds after 16x16 max-pooling."""
+    return _categorical(thresholds, scale, 16, csi)
+
+
+def hss_reward(
+    thresholds: Sequence[float] = SEVIR_THRESHOLDS, scale: float = 255.0, pool: int = 1
+) -> RewardFn:
+    """Per-sample mean Heidke skill score over thresholds."""
+    return _categorical(thresholds, scale, pool, hss)
+
+
+def neg_mse_reward() -> RewardFn:
+    """Minus the per-sample mean squared error."""
+
+    def reward(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        return -(pred - truth).square().mean(dim=_SAMPLE_DIMS)
+
+    return reward
+
+
+def neg_mae_reward() -> RewardFn:
+    """Minus the per-sample mean absolute error."""
+
+    def reward(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        return -(pred - truth).abs().mean(dim=_SAMPLE_DIMS)
+
+    return reward
+
+
+def ssim_reward(data_range: float | None = 1.0) -> RewardFn:
+    """Per-sample mean SSIM over the (T, C) images; ``None`` = each sample's truth range."""
+    if data_range is not None:
+        data_range = check_positive(data_range, "data_range")
+
+    def reward(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        return sample_ssim(pred, truth, data_range=data_range)
+
+    return reward
+
+
+def neg_tke_error_reward(k_max: int | None = None, rel_eps: float = 1e-6) -> RewardFn:
+    """Minus the TKE log-spectral error of vorticity chunks (T >= 2, C = 1)."""
+    if k_max is not None:
+        k_max = check_positive(k_max, "k_max", integer=True)
+    rel_eps = check_positive(rel_eps, "rel_eps")
+
+    def reward(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        return -tke_spectrum_error(pred, truth, k_max=k_max, rel_eps=rel_eps)
+
+    return reward
+
+
+def neg_spectrum_error_reward(k_max: int | None = None, rel_eps: float = 1e-6) -> RewardFn:
+    """Minus the per-frame energy-spectrum log error of vorticity (C = 1), mean over frames."""
+    if k_max is not None:
+        k_max = check_positive(k_max, "k_max", integer=True)
+    rel_eps = check_positive(rel_eps, "rel_eps")
+
+    def reward(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        return -energy_spectrum_error(pred, truth, k_max=k_max, rel_eps=rel_eps)
+
+    return reward
+
+
+def heatwave_csi_reward(threshold: float = 0.0, mask: Any = None) -> RewardFn:
+    """Per-sample CSI of heatwave cells (value >= threshold), ignoring ``mask`` (True = land)."""
+    m = check_mask(mask)
+    threshold = check_threshold(threshold)
+
+    def reward(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        table = heatwave_contingency(pred, truth, threshold, m, _SAMPLE_DIMS)
+        return csi(table, undefined=1.0)
+
+    return reward
+
+
+for _name, _factory in {
+    "csi_m": csi_m_reward,
+    "csi": csi_reward,
+    "csi_pool4": csi_pool4_reward,
+    "csi_pool16": csi_pool16_reward,
+    "hss": hss_reward,
+    "neg_mse": neg_mse_reward,
+    "neg_mae": neg_mae_reward,
+    "ssim": ssim_reward,
+    "neg_tke_error": neg_tke_error_reward,
+    "neg_spectrum_error": neg_spectrum_error_reward,
+    "heatwave_csi": heatwave_csi_reward,
+}.items():
+    register_reward(_name, _factory)

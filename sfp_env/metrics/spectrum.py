@@ -1,0 +1,221 @@
+"""Spectra of 2-D incompressible flow on the periodic unit square, from vorticity.
+
+Grid convention: a field ``[..., H, W]`` samples the unit torus, rows along y and columns along x.
+Integer wavenumbers are ``k = fftfreq(n) * n`` (cycles per unit length); angular ones ``2 pi k``.
+
+- Velocity from vorticity in Fourier space: ``lap psi = -w``, ``u = psi_y``, ``v = -psi_x``
+  (the FNO ``ns_2d.py`` convention; the mean mode of psi is 0).
+- Energy spectrum (jax-cfd style): ``u_hat = fft2(u) / (H W)`` (so Parseval needs no factors),
+  ``E(k) = sum over modes with round(|k|) = k of 1/2 (|u_hat|^2 + |v_hat|^2)``. Hence
+  ``sum_k E(k)`` equals the mean kinetic energy ``mean_xy 1/2 (u^2 + v^2)`` exactly.
+- TKE over a chunk of T >= 2 frames (Turbulent-Flow-Net): ``TKE(x) = 1/2 (mean_t u'^2 +
+  mean_t v'^2)`` with ``u' = u - mean_t u``; its spectrum is the azimuthal (shell) *mean* of
+  ``|fft2(TKE) / (H W)|^2``. A single frame has no fluctuation (TKE = 0), so the TKE functions
+  require T >= 2 and raise :class:`ShapeError` otherwise; the planning chunks are 4-5 frames.
+
+Errors (our definitions; lower is better, 0 for identical inputs):
+
+- ``log_spectrum_error``: ``mean_{k=k_min..k_max} |log10(S_pred(k) + eps) - log10(S_true(k) +
+  eps)|`` with ``eps = rel_eps * mean_k S_true(k)`` (per sample, plus the dtype's tiny so all-zero
+  truths stay finite) and ``k_max = min(H, W) // 2`` (the last fully populated shell). It is
+  invariant to a common rescaling of both fields, weighs every scale alike (a blurred forecast
+  that loses the small scales is penalized even though they hold little energy) and is robust to
+  empty shells.
+- ``tke_spectrum_error``: that error on the TKE spectra, shells ``0..k_max`` (shell 0 is the
+  squared mean TKE, i.e. the overall fluctuation level).
+- ``energy_spectrum_error``: that error on each frame's ``E(k)``, shells ``1..k_max`` (E(0) is 0
+  since velocity from vorticity has zero mean), averaged over the frames.
+
+The SFP authors' "tke" reward is instead the MSE between the raw fields' ``|fft2|^2`` power
+spectra (no velocity, no time fluctuation, no shell averaging, not scale-aware: it is dominated by
+the few largest-scale modes). Ours uses velocity, the temporal fluctuation and log spectra.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from sfp_env.errors import ConfigError, ShapeError
+from sfp_env.metrics._checks import as_float_tensor, check_pair
+
+__all__ = [
+    "wavenumbers",
+    "shell_index",
+    "velocity_from_vorticity",
+    "energy_spectrum",
+    "turbulent_kinetic_energy",
+    "tke_spectrum",
+    "log_spectrum_error",
+    "tke_spectrum_error",
+    "energy_spectrum_error",
+]
+
+
+def wavenumbers(
+    h: int, w: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integer wavenumbers ``(ky [H, 1], kx [1, W])`` of an ``H x W`` periodic grid."""
+    ky = torch.fft.fftfreq(h, d=1.0 / h, device=device, dtype=dtype).reshape(h, 1)
+    kx = torch.fft.fftfreq(w, d=1.0 / w, device=device, dtype=dtype).reshape(1, w)
+    return ky, kx
+
+
+def shell_index(h: int, w: int, device: torch.device | None = None) -> torch.Tensor:
+    """``round(|k|)`` of every mode of an ``H x W`` grid, as a long tensor ``[H, W]``."""
+    ky, kx = wavenumbers(h, w, device, torch.float64)
+    return torch.sqrt(ky**2 + kx**2).round().long()
+
+
+def _shell_reduce(x: torch.Tensor, mean: bool) -> torch.Tensor:
+    """Sum (or mean) of ``x [..., H, W]`` over the shells of integer |k| -> ``[..., K]``."""
+    h, w = x.shape[-2:]
+    idx = shell_index(h, w, x.device).reshape(-1)
+    n_shells = int(idx.max()) + 1
+    flat = x.reshape(-1, h * w)
+    out = torch.zeros(flat.shape[0], n_shells, dtype=x.dtype, device=x.device)
+    out.index_add_(1, idx, flat)
+    if mean:
+        counts = torch.bincount(idx, minlength=n_shells).to(x.dtype)
+        out = out / counts
+    return out.reshape(*x.shape[:-2], n_shells)
+
+
+def _check_field(w: Any, name: str, min_ndim: int = 2) -> torch.Tensor:
+    t = as_float_tensor(w, name)
+    if t.ndim < min_ndim:
+        raise ShapeError(
+            f"{name} must have at least {min_ndim} dims ending in [H, W], got {tuple(t.shape)}",
+            fix=f"pass {name} shaped [..., H, W]",
+        )
+    return t
+
+
+def velocity_from_vorticity(vorticity: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Velocity ``(u, v)``, each ``[..., H, W]``, of vorticity ``[..., H, W]`` on the unit torus.
+
+    Solves ``lap psi = -w`` spectrally, then ``u = psi_y``, ``v = -psi_x``; the mean of the
+    vorticity (which a periodic flow cannot have) is dropped.
+    """
+    w = _check_field(vorticity, "vorticity")
+    h, wd = w.shape[-2:]
+    ky, kx = wavenumbers(h, wd, w.device, w.dtype)
+    two_pi = 2.0 * math.pi
+    k2 = (two_pi**2) * (kx**2 + ky**2)
+    k2[0, 0] = 1.0
+    psi_hat = torch.fft.fft2(w) / k2
+    psi_hat[..., 0, 0] = 0.0
+    u = torch.fft.ifft2(1j * two_pi * ky * psi_hat).real
+    v = torch.fft.ifft2(-1j * two_pi * kx * psi_hat).real
+    return u.to(w.dtype), v.to(w.dtype)
+
+
+def energy_spectrum(vorticity: Any) -> torch.Tensor:
+    """Kinetic energy spectrum ``E(k)`` ``[..., K]`` of vorticity ``[..., H, W]`` (shell sums).
+
+    ``K = round(sqrt(2) * max(H, W) / 2) + 1`` shells including the corners, so that
+    ``E.sum(-1)`` is the mean kinetic energy ``mean_xy 1/2 (u^2 + v^2)``.
+    """
+    u, v = velocity_from_vorticity(vorticity)
+    n = u.shape[-1] * u.shape[-2]
+    e = 0.5 * (torch.fft.fft2(u).abs().square() + torch.fft.fft2(v).abs().square()) / n**2
+    return _shell_reduce(e, mean=False)
+
+
+def _check_frames(w: torch.Tensor, name: str, min_t: int) -> None:
+    if w.ndim < 3 or w.shape[-3] < min_t:
+        raise ShapeError(
+            f"{name} must be a chunk [..., T, H, W] with T >= {min_t} frames (the TKE is the "
+            f"variance over time, zero for one frame), got shape {tuple(w.shape)}",
+            fix="pass a chunk of at least 2 consecutive frames (the NSE chunk has 5)",
+        )
+
+
+def turbulent_kinetic_energy(vorticity: Any) -> torch.Tensor:
+    """TKE field ``[..., H, W]`` of a vorticity chunk ``[..., T, H, W]`` (T >= 2)."""
+    w = _check_field(vorticity, "vorticity", 3)
+    _check_frames(w, "vorticity", 2)
+    u, v = velocity_from_vorticity(w)
+    du = u - u.mean(dim=-3, keepdim=True)
+    dv = v - v.mean(dim=-3, keepdim=True)
+    return 0.5 * (du.square().mean(dim=-3) + dv.square().mean(dim=-3))
+
+
+def tke_spectrum(vorticity: Any) -> torch.Tensor:
+    """Azimuthally averaged ``|fft2(TKE) / (H W)|^2`` ``[..., K]`` of a chunk ``[..., T, H, W]``."""
+    tke = turbulent_kinetic_energy(vorticity)
+    n = tke.shape[-1] * tke.shape[-2]
+    return _shell_reduce(torch.fft.fft2(tke).abs().square() / n**2, mean=True)
+
+
+def log_spectrum_error(
+    spec_pred: torch.Tensor,
+    spec_true: torch.Tensor,
+    k_min: int = 1,
+    k_max: int | None = None,
+    rel_eps: float = 1e-6,
+) -> torch.Tensor:
+    """``mean_{k_min..k_max} |log10(S_pred + eps) - log10(S_true + eps)|`` -> ``[...]``.
+
+    ``eps = rel_eps * mean_{k_min..k_max} S_true + tiny`` per spectrum (see module doc).
+    """
+    if spec_pred.shape != spec_true.shape:
+        raise ShapeError(
+            f"spectra differ in shape: {tuple(spec_pred.shape)} vs {tuple(spec_true.shape)}",
+            fix="compute both spectra from fields of the same shape",
+        )
+    n = spec_true.shape[-1]
+    k_max = n - 1 if k_max is None else k_max
+    if not 0 <= k_min <= k_max < n:
+        raise ConfigError(
+            f"spectrum shells k_min={k_min}, k_max={k_max} out of range 0..{n - 1}",
+            fix=f"choose 0 <= k_min <= k_max <= {n - 1}",
+        )
+    if not (math.isfinite(rel_eps) and rel_eps > 0):
+        raise ConfigError(f"rel_eps must be > 0, got {rel_eps!r}", fix="use e.g. rel_eps=1e-6")
+    sp = spec_pred[..., k_min : k_max + 1]
+    st = spec_true[..., k_min : k_max + 1]
+    eps = rel_eps * st.mean(dim=-1, keepdim=True) + torch.finfo(st.dtype).tiny
+    return (torch.log10(sp + eps) - torch.log10(st + eps)).abs().mean(dim=-1)
+
+
+def _chunk_pair(pred: Any, truth: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    p, t = check_pair(pred, truth, min_ndim=4, what="[..., T, 1, H, W]")
+    if p.shape[-3] != 1:
+        raise ShapeError(
+            f"spectrum errors take one vorticity channel [..., T, 1, H, W], got shape "
+            f"{tuple(p.shape)} with C={p.shape[-3]}",
+            fix="select the vorticity channel, e.g. x[:, :, :1]",
+        )
+    return p.squeeze(-3), t.squeeze(-3)
+
+
+def _default_k_max(x: torch.Tensor, k_max: int | None) -> int:
+    return min(x.shape[-2:]) // 2 if k_max is None else int(k_max)
+
+
+def tke_spectrum_error(
+    pred: Any, truth: Any, k_max: int | None = None, rel_eps: float = 1e-6
+) -> torch.Tensor:
+    """Log-spectral error of the TKE spectra of chunks ``[..., T, 1, H, W]`` -> ``[...]``.
+
+    Shells ``0..k_max`` (default ``min(H, W) // 2``); T >= 2 frames (see module doc).
+    """
+    p, t = _chunk_pair(pred, truth)
+    _check_frames(p, "pred", 2)
+    k = _default_k_max(p, k_max)
+    return log_spectrum_error(tke_spectrum(p), tke_spectrum(t), 0, k, rel_eps)
+
+
+def energy_spectrum_error(
+    pred: Any, truth: Any, k_max: int | None = None, rel_eps: float = 1e-6
+) -> torch.Tensor:
+    """Mean over frames of the log-spectral error of ``E(k)``, ``[..., T, 1, H, W]`` -> ``[...]``.
+
+    Shells ``1..k_max`` (default ``min(H, W) // 2``).
+    """
+    p, t = _chunk_pair(pred, truth)
+    k = _default_k_max(p, k_max)
+    return log_spectrum_error(energy_spectrum(p), energy_spectrum(t), 1, k, rel_eps).mean(-1)

@@ -1,0 +1,239 @@
+"""NetCDFFieldDataset ({year}_norm.nc climate layout, OISST daily files) and NavierStokesDataset."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from sfp_env.data.climatology import OISST_PATTERN
+from sfp_env.data.netcdf import NavierStokesDataset, NetCDFFieldDataset
+from sfp_env.errors import ConfigError, CorruptDataError, DataError, MissingDataError
+
+
+def _norm_expected(fx, year: int, steps, var_indices=None) -> np.ndarray:
+    """[T, C, H, W] of ``{year}_norm.nc`` at local ``steps``, NaN -> 0."""
+    t, v, y, x = np.meshgrid(
+        np.asarray(steps), np.arange(fx.NORM_SHAPE[1]), np.arange(fx.NORM_SHAPE[2]),
+        np.arange(fx.NORM_SHAPE[3]), indexing="ij",
+    )
+    out = fx.norm_value(year, t, v, y, x)
+    for ct, cv, cy, cx in fx.norm_nan_cells(year):
+        out[np.asarray(steps) == ct, cv, cy, cx] = 0.0
+    return out if var_indices is None else out[:, var_indices]
+
+
+# ----------------------------------------------------------------------------- {year}_norm.nc
+def test_reconstruction_mode_exact_values_and_nan_to_zero(norm_root, fx):
+    ds = NetCDFFieldDataset(norm_root, mode="reconstruction", var_indices=[3, 0, 2])
+    assert len(ds) == 12 and ds.channels == 3 and ds.hw == (5, 7)
+    assert ds.land_mask is None  # no _FillValue declared
+    x, y = ds[7]  # 2001, step 1
+    assert x.shape == (1, 3, 5, 7) and x.dtype == torch.float32
+    assert torch.equal(x, y) and x.data_ptr() != y.data_ptr()
+    np.testing.assert_array_equal(x.numpy(), _norm_expected(fx, 2001, [1], [3, 0, 2]))
+    assert x[0, 2, 3, 4].item() == 0.0  # the NaN at (t=1, v=2, y=3, x=4)
+    assert x[0, 0, 4, 6].item() == 0.0  # the NaN at (t=1 = year - 2000, v=3, 4, 6)
+    assert x[0, 1, 2, 5].item() == pytest.approx(1000 + 100 + 0 + (2 * 7 + 5) / 100, abs=1e-4)
+    assert not torch.isnan(torch.stack([ds[i][0] for i in range(len(ds))])).any()
+
+
+def test_forecast_windows_never_cross_year_files(norm_root, fx):
+    ds = NetCDFFieldDataset(norm_root, in_frames=2, out_frames=1, stride=1)
+    assert ds.channels == 4 and len(ds) == 2 * 4
+    x3, y3 = ds[3]  # 2000, start 3: steps 3, 4 -> 5
+    np.testing.assert_array_equal(x3.numpy(), _norm_expected(fx, 2000, [3, 4]))
+    np.testing.assert_array_equal(y3.numpy(), _norm_expected(fx, 2000, [5]))
+    x4, y4 = ds[4]  # first window of 2001
+    np.testing.assert_array_equal(x4.numpy(), _norm_expected(fx, 2001, [0, 1]))
+    np.testing.assert_array_equal(y4.numpy(), _norm_expected(fx, 2001, [2]))
+    strided = NetCDFFieldDataset(norm_root, in_frames=2, out_frames=2, stride=2)
+    assert len(strided) == 2 * 2  # starts 0, 2 per file
+
+
+def test_filters_years_variables_time_steps(norm_root, fx):
+    ds = NetCDFFieldDataset(
+        norm_root, years=[2001], var_indices=[1], time_steps=[0, 2, 4, 5], in_frames=2,
+        out_frames=1, stride=1,
+    )
+    assert len(ds.files) == 1 and ds.files[0].name == "2001_norm.nc"
+    assert len(ds) == 2
+    x, y = ds[1]  # kept steps 2, 4 -> 5
+    np.testing.assert_array_equal(x.numpy(), _norm_expected(fx, 2001, [2, 4], [1]))
+    np.testing.assert_array_equal(y.numpy(), _norm_expected(fx, 2001, [5], [1]))
+    info = ds.describe()
+    assert json.loads(json.dumps(info)) == info
+    assert info["years"] == [2001] and info["var_indices"] == [1]
+    assert info["shape"] == {"inputs": [2, 1, 5, 7], "targets": [1, 1, 5, 7]}
+    assert info["sizes"]["time_steps"] == 4
+    assert NetCDFFieldDataset(norm_root, years=2000, mode="reconstruction").years == [2000]
+
+
+def test_explicit_files_and_pickle(norm_root, fx):
+    ds = NetCDFFieldDataset(norm_root, files=["2001_norm.nc", norm_root / "2000_norm.nc"],
+                            mode="reconstruction")
+    np.testing.assert_array_equal(ds[0][0].numpy(), _norm_expected(fx, 2001, [0]))
+    clone = pickle.loads(pickle.dumps(ds))
+    assert clone._handles is None
+    assert clone[8][0].equal(ds[8][0])
+    ds.close()
+
+
+# ----------------------------------------------------------------------------- errors
+def test_missing_root_and_files(tmp_path, norm_root):
+    with pytest.raises(MissingDataError, match="does not exist"):
+        NetCDFFieldDataset(tmp_path / "nope")
+    with pytest.raises(MissingDataError, match="2003_norm.nc"):
+        NetCDFFieldDataset(norm_root, years=[2000, 2003])
+    with pytest.raises(MissingDataError, match="no files match"):
+        NetCDFFieldDataset(norm_root, file_pattern="*.grib")
+    with pytest.raises(MissingDataError, match="x.nc"):
+        NetCDFFieldDataset(norm_root, files=["x.nc"])
+
+
+def test_variable_missing_lists_available(norm_root):
+    with pytest.raises(DataError, match="no variable 'sst'") as err:
+        NetCDFFieldDataset(norm_root, variable="sst")
+    assert "atmosphere_variables" in str(err.value) and "How to fix" in str(err.value)
+    with pytest.raises(DataError, match="expected \\(time, lat, lon\\)"):
+        NetCDFFieldDataset(norm_root, variable="other")
+
+
+def test_bad_indices_modes_and_windows(norm_root):
+    with pytest.raises(DataError, match="var_indices \\[4\\] out of range"):
+        NetCDFFieldDataset(norm_root, var_indices=[0, 4])
+    with pytest.raises(DataError, match="time_steps \\[6\\] out of range"):
+        NetCDFFieldDataset(norm_root, time_steps=[0, 6])
+    with pytest.raises(ConfigError, match="unknown mode"):
+        NetCDFFieldDataset(norm_root, mode="forecasting")
+    with pytest.raises(ConfigError, match="reconstruction"):
+        NetCDFFieldDataset(norm_root, mode="reconstruction", out_frames=3, in_frames=2)
+    with pytest.raises(DataError, match="do not fit in any file"):
+        NetCDFFieldDataset(norm_root, in_frames=5, out_frames=2)
+
+
+def test_corrupt_netcdf(norm_root):
+    path = norm_root / "2001_norm.nc"
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CorruptDataError, match="2001_norm.nc"):
+        NetCDFFieldDataset(norm_root)
+
+
+# ----------------------------------------------------------------------------- OISST daily
+@pytest.fixture
+def oisst_root(tmp_path, fx):
+    days = fx.date_range(dt.date(2000, 12, 25), 12) + fx.date_range(dt.date(2002, 3, 1), 4)
+    return fx.write_oisst(tmp_path / "oisst", days)
+
+
+def test_oisst_glob_join_scale_fill_land(oisst_root, fx):
+    ds = NetCDFFieldDataset(oisst_root, variable="sst", file_pattern=OISST_PATTERN,
+                            years=[2000, 2001], mode="reconstruction")
+    assert ds.join_files and ds.n_steps == 12 and ds.channels == 1 and ds.hw == fx.OISST_HW
+    assert ds.times[0] == np.datetime64("2000-12-25T12:00")
+    assert ds.times[-1] == np.datetime64("2001-01-05T12:00")
+    x, _ = ds[8]  # 2001-01-02
+    expected = np.nan_to_num(fx.oisst_sst(dt.date(2001, 1, 2)), nan=0.0)
+    np.testing.assert_allclose(x[0, 0].numpy(), expected, atol=1e-4)
+    assert x[0, 0, 0, 0].item() == 0.0 and x[0, 0, 2, 3].item() == 0.0  # land
+    assert ds.land_mask.dtype == torch.bool
+    np.testing.assert_array_equal(ds.land_mask.numpy(), fx.oisst_land())
+
+
+def test_oisst_windows_cross_days_not_gaps(oisst_root, fx):
+    ds = NetCDFFieldDataset(oisst_root, variable="sst", file_pattern=OISST_PATTERN,
+                            in_frames=3, out_frames=2, stride=1)
+    # 12 consecutive days then a 14-month gap then 4 days: the gap splits the series
+    assert ds.describe()["sizes"]["segments"] == 2
+    assert len(ds) == (12 - 5 + 1) + 0
+    x, y = ds[7]  # days 7..11 from 2000-12-25
+    days = fx.date_range(dt.date(2001, 1, 1), 5)
+    np.testing.assert_allclose(
+        x[:, 0].numpy(), np.nan_to_num(np.stack([fx.oisst_sst(d) for d in days[:3]])), atol=1e-4
+    )
+    np.testing.assert_allclose(
+        y[:, 0].numpy(), np.nan_to_num(np.stack([fx.oisst_sst(d) for d in days[3:]])), atol=1e-4
+    )
+    short = NetCDFFieldDataset(oisst_root, variable="sst", file_pattern=OISST_PATTERN,
+                               in_frames=2, out_frames=1)
+    assert len(short) == 10 + 2  # windows inside each run, none across the gap
+    files = sorted(oisst_root.glob(OISST_PATTERN))
+    explicit = NetCDFFieldDataset(oisst_root, variable="sst", files=files, in_frames=2,
+                                  out_frames=1)
+    assert len(explicit) == len(short) and explicit[11][1].equal(short[11][1])
+
+
+def test_scale_factor_and_add_offset_honoured(tmp_path, fx):
+    root = tmp_path / "packed"
+    field = np.array([[20.5, np.nan], [19.25, 21.0]])
+    fx.write_oisst_day(root, dt.date(2003, 5, 1), field, scale=0.25, offset=20.0)
+    fx.write_oisst_day(root, dt.date(2003, 5, 2), field + 1.0, scale=0.25, offset=20.0)
+    ds = NetCDFFieldDataset(root, variable="sst", file_pattern=OISST_PATTERN,
+                            mode="reconstruction")
+    np.testing.assert_array_equal(ds[0][0][0, 0].numpy(), [[20.5, 0.0], [19.25, 21.0]])
+    np.testing.assert_array_equal(ds[1][0][0, 0].numpy(), [[21.5, 0.0], [20.25, 22.0]])
+    np.testing.assert_array_equal(ds.land_mask.numpy(), [[False, True], [False, False]])
+    raw = ds.read_steps([1], nan_to_zero=False)
+    assert np.isnan(raw[0, 0, 0, 1])
+
+
+def test_years_filter_by_file_name_errors(tmp_path, oisst_root):
+    with pytest.raises(MissingDataError, match="from years \\[1999\\]"):
+        NetCDFFieldDataset(oisst_root, variable="sst", file_pattern=OISST_PATTERN, years=[1999])
+    (oisst_root / "200012" / "readme.nc").write_bytes(b"")
+    with pytest.raises(DataError, match="cannot read a year"):
+        NetCDFFieldDataset(oisst_root, variable="sst", file_pattern="*/*.nc", years=[2000])
+
+
+# ----------------------------------------------------------------------------- NSE
+def _nse_expected(fx, name, sample, steps):
+    t, y, x = np.meshgrid(np.asarray(steps), np.arange(8), np.arange(8), indexing="ij")
+    return fx.nse_value(name, sample, t, y, x)
+
+
+def test_nse_windows_exact(nse_root, fx):
+    ds = NavierStokesDataset(nse_root, "val")
+    assert len(ds) == 2  # 25 steps, 20-step windows, stride 10 -> one start per sample
+    x, y = ds[1]
+    assert x.shape == (10, 1, 8, 8) and y.shape == (10, 1, 8, 8) and x.dtype == torch.float32
+    np.testing.assert_array_equal(x[:, 0].numpy(), _nse_expected(fx, "vorticity", 1, range(10)))
+    np.testing.assert_array_equal(
+        y[:, 0].numpy(), _nse_expected(fx, "vorticity", 1, range(10, 20))
+    )
+    ds5 = NavierStokesDataset(nse_root, "train", in_frames=3, out_frames=2, stride=5)
+    assert len(ds5) == 2 * 5  # starts 0, 5, 10, 15, 20
+    x, y = ds5[7]  # sample 1, start 10
+    np.testing.assert_array_equal(x[:, 0].numpy(), _nse_expected(fx, "vorticity", 1, range(10, 13)))
+    info = ds5.describe()
+    assert json.loads(json.dumps(info)) == info
+    assert info["attrs"]["seed"] == 7 and info["sizes"]["trajectories"] == 2
+    assert pickle.loads(pickle.dumps(ds5))[7][1].equal(y)
+
+
+def test_nse_three_channels(nse_root, fx):
+    ds = NavierStokesDataset(nse_root, "test", in_frames=4, out_frames=4, stride=8,
+                             variable=("vorticity", "u", "v"))
+    x, y = ds[4]  # sample 1, start 8
+    assert x.shape == (4, 3, 8, 8)
+    for c, name in enumerate(("vorticity", "u", "v")):
+        np.testing.assert_array_equal(x[:, c].numpy(), _nse_expected(fx, name, 1, range(8, 12)))
+        np.testing.assert_array_equal(y[:, c].numpy(), _nse_expected(fx, name, 1, range(12, 16)))
+
+
+def test_nse_errors(tmp_path, nse_root):
+    with pytest.raises(ConfigError, match="unknown split 'eval'"):
+        NavierStokesDataset(nse_root, "eval")
+    (nse_root / "val.nc").unlink()
+    with pytest.raises(MissingDataError, match="val.nc"):
+        NavierStokesDataset(nse_root, "val")
+    with pytest.raises(DataError, match="no variable 'pressure'") as err:
+        NavierStokesDataset(nse_root, "train", variable=("vorticity", "pressure"))
+    assert "'u'" in str(err.value)
+    with pytest.raises(DataError, match="do not fit"):
+        NavierStokesDataset(nse_root, "train", in_frames=20, out_frames=10)
+    with pytest.raises(MissingDataError):
+        NavierStokesDataset(tmp_path / "none", "train")
