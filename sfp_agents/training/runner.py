@@ -804,7 +804,7 @@ class Trainer:
         if resume:
             latest = self.run.latest_state()
             if latest is not None:
-                self.load(latest); self.accelerator.free_memory() if False else None; torch.manual_seed(0)
+                self.load(latest)
                 acc.print(f"resuming {self.run.path} from {latest.name} (step {self.state.step})")
         total = self.total_steps
         started = time.perf_counter()
@@ -878,6 +878,7 @@ class Trainer:
             state = self.state
             state.step += 1
             state.batch_in_epoch = batch_index + 1
+            state.elapsed_s = elapsed_before + time.perf_counter() - started
             state.epoch_batches += 1
             for key, value in logs.items():
                 state.epoch_sums[key] = state.epoch_sums.get(key, 0.0) + value
@@ -891,7 +892,6 @@ class Trainer:
             if state.step >= total:
                 break
             if state.step % self.save_every == 0:
-                state.elapsed_s = elapsed_before + time.perf_counter() - started
                 self.save(on_save)
 
     def _train_one(

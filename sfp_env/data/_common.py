@@ -5,6 +5,7 @@ Nothing here opens files; the readers do that lazily per access.
 
 from __future__ import annotations
 
+import operator
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -102,9 +103,13 @@ class WindowIndex:
     def locate(self, index: int) -> tuple[int, int]:
         """Map a flat window index (negative allowed) to ``(segment, start step)``."""
         n = len(self)
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise TypeError(f"dataset index must be an int, got {type(index).__name__}")
-        i = int(index) + n if index < 0 else int(index)
+        try:
+            i = operator.index(index)  # ints, numpy and 0-d torch integers
+        except TypeError:
+            raise TypeError(
+                f"dataset index must be an int, got {type(index).__name__}"
+            ) from None
+        i = i + n if i < 0 else i
         if not 0 <= i < n:
             raise IndexError(f"dataset index {index} out of range for {n} windows")
         seg = int(np.searchsorted(self.offsets, i, side="right") - 1)

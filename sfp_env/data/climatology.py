@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 import xarray as xr
 from torch.utils.data import Dataset
@@ -49,10 +48,12 @@ _SPLITS = ("train", "val", "test", "all")
 
 def day_of_year_366(dates: Sequence[Any] | np.ndarray) -> np.ndarray:
     """Day of a 366-day year (1..366, Feb 29 = 60) for each date; int64 ``[N]``."""
-    index = pd.DatetimeIndex(np.asarray(dates, dtype="datetime64[ns]"))
-    doy = np.asarray(index.dayofyear, dtype=np.int64)
-    shift = (~np.asarray(index.is_leap_year)) & (np.asarray(index.month) > 2)
-    return doy + shift.astype(np.int64)
+    days = np.asarray(dates, dtype="datetime64[D]")
+    years = days.astype("datetime64[Y]")
+    doy = (days - years.astype("datetime64[D]")).astype(np.int64) + 1
+    year = years.astype(np.int64) + 1970
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    return doy + ((~leap) & (doy >= _FEB29)).astype(np.int64)
 
 
 def _circular_running_mean(values: np.ndarray, width: int) -> np.ndarray:

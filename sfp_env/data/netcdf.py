@@ -4,10 +4,13 @@
 ``atmosphere_variables`` [time, var, lat, lon]) and any CF variable shaped (time, [channel,] lat,
 lon), including NOAA OISST daily files (``sst(time, zlev, lat, lon)`` with zlev of length 1).
 
-Files are scanned once with ``netCDF4`` (shapes, time coordinates; ~1 ms per file, so thousands of
-daily files stay cheap) and read per access with ``xarray`` (``mask_and_scale``: scale_factor,
-add_offset and _FillValue decoded; fill -> NaN -> 0). Open files are cached per process only, so
-the datasets pickle to DataLoader workers without handles.
+Files are scanned once with ``netCDF4`` (shapes, time coordinates) and read per access: the
+slice is read raw with ``netCDF4`` and decoded by xarray's CF decoder (``decode_cf_variable`` with
+``mask_and_scale``: scale_factor, add_offset, _FillValue/missing_value -> NaN -> 0), giving the
+values of ``xr.open_dataset`` at ~1 ms per file opened instead of ~3-20 ms (this matters for
+thousands of daily OISST files). Open files are cached per process only (at most 128), so the
+datasets pickle to DataLoader workers without handles. The NSE reader (one file per split) uses
+``xr.open_dataset`` directly.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 import xarray as xr
 from torch.utils.data import Dataset
 from xarray.coding.times import decode_cf_datetime
+from xarray.conventions import decode_cf_variable
 
 from sfp_env.data._common import (
     ProcessLocalCache,
@@ -40,6 +44,62 @@ NSE_SPLITS = ("train", "val", "test")
 
 
 # ---------------------------------------------------------------------------- file helpers
+class _FileField:
+    """One file's variable: raw values read with netCDF4, CF-decoded by xarray.
+
+    ``read`` applies xarray's ``decode_cf_variable`` (mask_and_scale: _FillValue/missing_value ->
+    NaN, scale_factor, add_offset, _Unsigned) to the slice read, so values equal those of
+    ``xr.open_dataset`` while a file costs ~1 ms to open instead of several.
+    """
+
+    def __init__(self, path: Path, variable: str) -> None:
+        self.path = path
+        self.name = variable
+        self.nc = _scan_open(path)
+        try:
+            var = _require_variable(self.nc, variable, path)
+            var.set_auto_maskandscale(False)  # raw stored values; xarray decodes them
+            self.var = var
+            self.dims = tuple(var.dimensions)
+            self.attrs = {k: var.getncattr(k) for k in var.ncattrs()}
+        except Exception:
+            self.close()
+            raise
+
+    def read(self, index: tuple) -> np.ndarray:
+        """Decoded float32 values of ``var[index]`` (orthogonal slices/lists per dim)."""
+        # netCDF4 wants increasing, unique lists: read those, then restore the requested order.
+        reads, takes = [], []
+        for axis, item in enumerate(index):
+            if isinstance(item, list):
+                unique, inverse = np.unique(np.asarray(item, dtype=np.int64), return_inverse=True)
+                reads.append(unique.tolist())
+                if len(unique) != len(item) or np.any(np.diff(item) < 0):
+                    takes.append((axis, inverse))
+            else:
+                reads.append(item)
+        try:
+            raw = np.asarray(self.var[tuple(reads)])
+            for axis, inverse in takes:
+                raw = np.take(raw, inverse, axis=axis)
+        except (OSError, RuntimeError, IndexError) as e:
+            raise CorruptDataError(
+                f"netCDF file {str(self.path)!r}: reading {self.name!r} failed ({e})",
+                fix="the file is truncated or corrupt: download/generate it again",
+            ) from e
+        decoded = decode_cf_variable(
+            self.name, xr.Variable(self.dims, raw, dict(self.attrs)), mask_and_scale=True,
+            decode_times=False, decode_timedelta=False,
+        )
+        return np.asarray(decoded.values, dtype=np.float32)
+
+    def close(self) -> None:
+        try:
+            self.nc.close()
+        except Exception:  # closing a broken handle must not mask the real error
+            pass
+
+
 def _open_xr(path: Path) -> xr.Dataset:
     if not path.is_file():
         raise MissingDataError(
@@ -280,7 +340,7 @@ class NetCDFFieldDataset(Dataset):
         what = "joined time series" if self.join_files else "file"
         self._index = WindowIndex(np.diff(self._segments), window, self.stride, what)
         self._land_mask: torch.Tensor | None = None
-        self._handles: ProcessLocalCache[xr.Dataset] | None = None
+        self._handles: ProcessLocalCache[_FileField] | None = None
 
     # ------------------------------------------------------------------ discovery
     @staticmethod
@@ -407,10 +467,11 @@ class NetCDFFieldDataset(Dataset):
         return np.asarray(cuts + [n])
 
     # ------------------------------------------------------------------ access
-    def _dataset(self, file_index: int) -> xr.Dataset:
-        if self._handles is None:
+    def _field(self, file_index: int) -> _FileField:
+        if self._handles is None:  # at most 128 files open per process
             self._handles = ProcessLocalCache(
-                lambda i: _open_xr(self.files[i]), _close_xr, maxsize=256
+                lambda i: _FileField(self.files[i], self.variable), _FileField.close,
+                maxsize=128,
             )
         return self._handles.get(file_index)
 
@@ -449,27 +510,14 @@ class NetCDFFieldDataset(Dataset):
         return out
 
     def _read_file(self, file_index: int, local: np.ndarray, rows: slice | None) -> np.ndarray:
-        path = self.files[file_index]
-        ds = self._dataset(file_index)
-        if self.variable not in ds:
-            raise DataError(
-                f"netCDF file {str(path)!r} has no variable {self.variable!r}; available: "
-                f"{sorted(ds.data_vars)}",
-                fix="pass variable= one of the available names",
-            )
-        da = ds[self.variable]
-        index: dict[str, Any] = {da.dims[0]: _index_runs(local)}
+        field = self._field(file_index)
+        index: list[Any] = [slice(None)] * len(field.dims)
+        index[0] = _index_runs(local)
         if self.var_indices is not None:
-            index[da.dims[1]] = _index_runs(self.var_indices)
+            index[1] = _index_runs(self.var_indices)
         if rows is not None:
-            index[da.dims[-2]] = rows
-        try:
-            values = np.asarray(da.isel(index).values, dtype=np.float32)
-        except (OSError, RuntimeError, ValueError) as e:
-            raise CorruptDataError(
-                f"netCDF file {str(path)!r}: reading {self.variable!r} failed ({e})",
-                fix="the file is truncated or corrupt: download/generate it again",
-            ) from e
+            index[-2] = rows
+        values = field.read(tuple(index))
         if values.ndim == 3:
             values = values[:, None]
         return values

@@ -5,7 +5,7 @@ Layout (REFERENCE.md): ``<root>/CATALOG.csv`` and ``<root>/data/<file_name>``; e
 ``file_index`` is the event's row in that file.
 
 Catalog filtering: rows of ``img_type`` with ``pct_missing == 0``; a repeated id keeps its first
-row (Earthformer's loader drops such ids entirely; we keep one copy). Splits by ``time_utc`` as in
+row (our choice; other loaders may drop repeated ids entirely). Splits by ``time_utc`` as in
 Earthformer: train < 2019-01-01 <= val < 2019-06-01 <= test.
 """
 

@@ -24,7 +24,12 @@ from sfp_env.metrics.categorical import (
     pod,
     pooled_csi,
 )
-from sfp_env.metrics.heatwave import heatwave_contingency, heatwave_scores
+from sfp_env.metrics.heatwave import (
+    heatwave_contingency,
+    heatwave_event_contingency,
+    heatwave_events,
+    heatwave_scores,
+)
 from sfp_env.metrics.image import mae, mse, sample_ssim, ssim
 from sfp_env.metrics.rewards import REWARDS, Reward, RewardFn, get_reward, register_reward
 from sfp_env.metrics.spectrum import (
@@ -72,6 +77,8 @@ __all__ = [
     "tke_spectrum_error",
     "energy_spectrum_error",
     "heatwave_contingency",
+    "heatwave_events",
+    "heatwave_event_contingency",
     "heatwave_scores",
     "RewardFn",
     "Reward",

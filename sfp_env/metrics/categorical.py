@@ -105,6 +105,27 @@ def max_pool_hw(x: torch.Tensor, pool: int) -> torch.Tensor:
     return y.reshape(*lead, h // pool, w // pool)
 
 
+def _count(events: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Exact float64 count of True over ``dims``.
+
+    Bool sums are slow on CPU, so the trailing dims are summed as float32 (exact while the
+    partial count stays below 2**24) and the rest in float64.
+    """
+    x = events.to(torch.float32)
+    f32_dims: list[int] = []
+    size = 1
+    for d in sorted(dims, reverse=True):
+        if size * x.shape[d] >= 2**24:
+            break
+        f32_dims.append(d)
+        size *= x.shape[d]
+    rest = [d for d in dims if d not in f32_dims]  # all before f32_dims: indices unchanged
+    if f32_dims:
+        x = x.sum(dim=f32_dims)
+    x = x.to(torch.float64)
+    return x.sum(dim=rest) if rest else x
+
+
 def event_table(
     pred_events: torch.Tensor,
     truth_events: torch.Tensor,
@@ -119,13 +140,12 @@ def event_table(
     if valid is not None:
         p = p & valid
         t = t & valid
-        n = valid.expand(p.shape).sum(dim=reduce_dims).to(torch.float64)
+        n = _count(valid.expand(p.shape), reduce_dims)
     else:
-        n = math.prod(p.shape[d] for d in reduce_dims)
-    dims = reduce_dims
-    hits = (p & t).sum(dim=dims).to(torch.float64)
-    n_pred = p.sum(dim=dims).to(torch.float64)
-    n_true = t.sum(dim=dims).to(torch.float64)
+        n = float(math.prod(p.shape[d] for d in reduce_dims))
+    hits = _count(p & t, reduce_dims)
+    n_pred = _count(p, reduce_dims)
+    n_true = _count(t, reduce_dims)
     misses = n_true - hits
     false_alarms = n_pred - hits
     correct_negatives = n - n_pred - n_true + hits
@@ -161,10 +181,10 @@ def contingency(
     dims = normalize_dims(reduce_dims, p.ndim, "reduce_dims")
     p = max_pool_hw(p, pool) * scale
     t = max_pool_hw(t, pool) * scale
+    tables = [event_table(p >= k, t >= k, dims) for k in thr]  # a loop over <= a few thresholds
     if single:
-        return event_table(p >= thr[0], t >= thr[0], dims)
-    thr_t = torch.tensor(thr, dtype=p.dtype, device=p.device)
-    return event_table(p.unsqueeze(-1) >= thr_t, t.unsqueeze(-1) >= thr_t, dims)
+        return tables[0]
+    return ContingencyTable(*(torch.stack(c, dim=-1) for c in zip(*tables)))
 
 
 def _ratio(num: torch.Tensor, den: torch.Tensor, undefined: float) -> torch.Tensor:

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from sfp_env.errors import ConfigError, ShapeError
 from sfp_env.metrics._checks import as_float_tensor, check_pair, normalize_dims
@@ -44,6 +43,16 @@ def gaussian_window(
     x = torch.arange(-radius, radius + 1, dtype=torch.float64)
     g = torch.exp(-0.5 * (x / sigma) ** 2)
     return (g / g.sum()).to(dtype=dtype, device=device)
+
+
+def _band(g: torch.Tensor, n: int) -> torch.Tensor:
+    """``[n - size + 1, n]`` matrix whose rows apply the filter ``g`` where it fits ("valid")."""
+    size = g.numel()
+    rows = torch.arange(n - size + 1, device=g.device).unsqueeze(1)
+    cols = rows + torch.arange(size, device=g.device).unsqueeze(0)
+    band = torch.zeros(n - size + 1, n, dtype=g.dtype, device=g.device)
+    band[rows, cols] = g.expand(n - size + 1, size)
+    return band
 
 
 def _data_range(data_range: Any, lead: torch.Size, like: torch.Tensor) -> torch.Tensor:
@@ -99,8 +108,9 @@ def ssim(
     x = p.reshape(m, 1, h, w)
     y = t.reshape(m, 1, h, w)
     stack = torch.cat([x, y, x * x, y * y, x * y], dim=1)  # [M, 5, H, W]
-    stack = F.conv2d(stack, g.view(1, 1, size, 1).expand(5, 1, size, 1), groups=5)
-    stack = F.conv2d(stack, g.view(1, 1, 1, size).expand(5, 1, 1, size), groups=5)
+    # The separable "valid" Gaussian filter as two banded matrix products (faster than conv2d
+    # on CPU). The maps come out transposed, [M, 5, W', H'], which the mean does not mind.
+    stack = (stack @ _band(g, w).T).transpose(-1, -2) @ _band(g, h).T
     ux, uy, uxx, uyy, uxy = stack.unbind(dim=1)
     vx = uxx - ux * ux
     vy = uyy - uy * uy

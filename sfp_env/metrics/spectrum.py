@@ -4,7 +4,10 @@ Grid convention: a field ``[..., H, W]`` samples the unit torus, rows along y an
 Integer wavenumbers are ``k = fftfreq(n) * n`` (cycles per unit length); angular ones ``2 pi k``.
 
 - Velocity from vorticity in Fourier space: ``lap psi = -w``, ``u = psi_y``, ``v = -psi_x``
-  (the FNO ``ns_2d.py`` convention; the mean mode of psi is 0).
+  (the FNO ``ns_2d.py`` convention; the mean mode of psi is 0; first derivatives of the Nyquist
+  mode are set to 0, so the velocity of a real field is real). The velocity itself comes from
+  the data generator's solver (:mod:`sfp_env.data.generators.navier_stokes`), so metrics and
+  data agree; the spectra use ``rfft2`` with the same convention.
 - Energy spectrum (jax-cfd style): ``u_hat = fft2(u) / (H W)`` (so Parseval needs no factors),
   ``E(k) = sum over modes with round(|k|) = k of 1/2 (|u_hat|^2 + |v_hat|^2)``. Hence
   ``sum_k E(k)`` equals the mean kinetic energy ``mean_xy 1/2 (u^2 + v^2)`` exactly.
@@ -33,11 +36,15 @@ the few largest-scale modes). Ours uses velocity, the temporal fluctuation and l
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import torch
 
+from sfp_env.data.generators.navier_stokes import (
+    velocity_from_vorticity as _ns_velocity_from_vorticity,
+)
 from sfp_env.errors import ConfigError, ShapeError
 from sfp_env.metrics._checks import as_float_tensor, check_pair
 
@@ -69,18 +76,39 @@ def shell_index(h: int, w: int, device: torch.device | None = None) -> torch.Ten
     return torch.sqrt(ky**2 + kx**2).round().long()
 
 
-def _shell_reduce(x: torch.Tensor, mean: bool) -> torch.Tensor:
-    """Sum (or mean) of ``x [..., H, W]`` over the shells of integer |k| -> ``[..., K]``."""
-    h, w = x.shape[-2:]
-    idx = shell_index(h, w, x.device).reshape(-1)
-    n_shells = int(idx.max()) + 1
-    flat = x.reshape(-1, h * w)
-    out = torch.zeros(flat.shape[0], n_shells, dtype=x.dtype, device=x.device)
-    out.index_add_(1, idx, flat)
-    if mean:
-        counts = torch.bincount(idx, minlength=n_shells).to(x.dtype)
-        out = out / counts
-    return out.reshape(*x.shape[:-2], n_shells)
+@functools.lru_cache(maxsize=16)
+def _half_grid(h: int, w: int, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Wavenumbers of the ``rfft2`` half plane ``[H, W//2 + 1]`` and shell-sum matrices.
+
+    ``dky``/``dkx`` are the first-derivative wavenumbers with the Nyquist mode set to 0 (the
+    usual spectral convention: it keeps derivatives of real fields real). ``sum``/``mean`` map a
+    half-plane density (flattened) to shell sums/means over the *full* plane: columns
+    ``0 < kx < W/2`` stand for two modes (kx and -kx).
+    """
+    ky = torch.fft.fftfreq(h, d=1.0 / h, dtype=torch.float64).reshape(h, 1)
+    kx = torch.fft.rfftfreq(w, d=1.0 / w, dtype=torch.float64).reshape(1, -1)
+    dky = torch.where(ky.abs() == h / 2, 0.0, ky)
+    dkx = torch.where(kx == w / 2, 0.0, kx)
+    shell = torch.sqrt(ky**2 + kx**2).round().long().expand(h, kx.shape[1])
+    mult = torch.where((kx == 0) | (kx == w / 2), 1.0, 2.0).expand(h, kx.shape[1])
+    n_shells = int(shell.max()) + 1
+    one_hot = torch.nn.functional.one_hot(shell.reshape(-1), n_shells).to(torch.float64)
+    summ = one_hot * mult.reshape(-1, 1)
+    mean = summ / summ.sum(dim=0, keepdim=True)
+    k2 = (2 * math.pi) ** 2 * (kx**2 + ky**2)
+    k2[0, 0] = 1.0
+    out = {"dky": dky, "dkx": dkx, "k2": k2, "sum": summ, "mean": mean}
+    return {k: v.to(device=device, dtype=dtype) for k, v in out.items()}
+
+
+def _grid_for(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    return _half_grid(x.shape[-2], x.shape[-1], x.device, x.dtype)
+
+
+def _shell_reduce(density: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """Half-plane density ``[..., H, W//2 + 1]`` -> shell sums/means ``[..., K]``."""
+    lead = density.shape[:-2]
+    return (density.reshape(-1, matrix.shape[0]) @ matrix).reshape(*lead, matrix.shape[1])
 
 
 def _check_field(w: Any, name: str, min_ndim: int = 2) -> torch.Tensor:
@@ -93,35 +121,38 @@ def _check_field(w: Any, name: str, min_ndim: int = 2) -> torch.Tensor:
     return t
 
 
+def _stream_function_hat(w: torch.Tensor, grid: dict[str, torch.Tensor]) -> torch.Tensor:
+    psi_hat = torch.fft.rfft2(w) / grid["k2"]
+    psi_hat[..., 0, 0] = 0.0
+    return psi_hat
+
+
 def velocity_from_vorticity(vorticity: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Velocity ``(u, v)``, each ``[..., H, W]``, of vorticity ``[..., H, W]`` on the unit torus.
 
-    Solves ``lap psi = -w`` spectrally, then ``u = psi_y``, ``v = -psi_x``; the mean of the
-    vorticity (which a periodic flow cannot have) is dropped.
+    ``lap psi = -w``, ``u = psi_y``, ``v = -psi_x`` with Nyquist-mode derivatives set to 0; the
+    solver's own :func:`sfp_env.data.generators.navier_stokes.velocity_from_vorticity` (square
+    grids with an even side), here also accepting numpy arrays.
     """
-    w = _check_field(vorticity, "vorticity")
-    h, wd = w.shape[-2:]
-    ky, kx = wavenumbers(h, wd, w.device, w.dtype)
-    two_pi = 2.0 * math.pi
-    k2 = (two_pi**2) * (kx**2 + ky**2)
-    k2[0, 0] = 1.0
-    psi_hat = torch.fft.fft2(w) / k2
-    psi_hat[..., 0, 0] = 0.0
-    u = torch.fft.ifft2(1j * two_pi * ky * psi_hat).real
-    v = torch.fft.ifft2(-1j * two_pi * kx * psi_hat).real
-    return u.to(w.dtype), v.to(w.dtype)
+    return _ns_velocity_from_vorticity(_check_field(vorticity, "vorticity"))
 
 
 def energy_spectrum(vorticity: Any) -> torch.Tensor:
     """Kinetic energy spectrum ``E(k)`` ``[..., K]`` of vorticity ``[..., H, W]`` (shell sums).
 
     ``K = round(sqrt(2) * max(H, W) / 2) + 1`` shells including the corners, so that
-    ``E.sum(-1)`` is the mean kinetic energy ``mean_xy 1/2 (u^2 + v^2)``.
+    ``E.sum(-1)`` is the mean kinetic energy ``mean_xy 1/2 (u^2 + v^2)`` of
+    :func:`velocity_from_vorticity`. Computed from ``u_hat = i 2 pi ky psi_hat``,
+    ``v_hat = -i 2 pi kx psi_hat`` (same Nyquist convention) without going back to physical
+    space, so any ``H x W`` works. Unlike the generator's diagnostic
+    ``navier_stokes.energy_spectrum`` (shells ``0..N/2 - 1``), the corner shells are kept.
     """
-    u, v = velocity_from_vorticity(vorticity)
-    n = u.shape[-1] * u.shape[-2]
-    e = 0.5 * (torch.fft.fft2(u).abs().square() + torch.fft.fft2(v).abs().square()) / n**2
-    return _shell_reduce(e, mean=False)
+    w = _check_field(vorticity, "vorticity")
+    grid = _grid_for(w)
+    n = w.shape[-1] * w.shape[-2]
+    psi2 = _stream_function_hat(w, grid).abs().square() / n**2
+    density = 0.5 * (2 * math.pi) ** 2 * (grid["dky"] ** 2 + grid["dkx"] ** 2) * psi2
+    return _shell_reduce(density, grid["sum"])
 
 
 def _check_frames(w: torch.Tensor, name: str, min_t: int) -> None:
@@ -147,7 +178,7 @@ def tke_spectrum(vorticity: Any) -> torch.Tensor:
     """Azimuthally averaged ``|fft2(TKE) / (H W)|^2`` ``[..., K]`` of a chunk ``[..., T, H, W]``."""
     tke = turbulent_kinetic_energy(vorticity)
     n = tke.shape[-1] * tke.shape[-2]
-    return _shell_reduce(torch.fft.fft2(tke).abs().square() / n**2, mean=True)
+    return _shell_reduce(torch.fft.rfft2(tke).abs().square() / n**2, _grid_for(tke)["mean"])
 
 
 def log_spectrum_error(

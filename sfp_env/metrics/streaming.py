@@ -38,7 +38,13 @@ from sfp_env.metrics.categorical import (
     check_thresholds,
     contingency,
 )
-from sfp_env.metrics.heatwave import check_mask, check_threshold, heatwave_contingency
+from sfp_env.metrics.heatwave import (
+    check_duration,
+    check_mask,
+    check_threshold,
+    heatwave_contingency,
+    heatwave_event_contingency,
+)
 from sfp_env.metrics.heatwave import heatwave_scores as _heatwave_scores
 from sfp_env.metrics.image import sample_ssim
 from sfp_env.metrics.rewards import build_from_factory
@@ -363,28 +369,69 @@ class SpectrumErrorAccumulator(_SpectrumAccumulator):
 
 
 class HeatwaveAccumulator(Accumulator):
-    """Heatwave cell scores ``heatwave_{csi,pod,far,accuracy}`` over all valid cells seen."""
+    """Heatwave cell scores ``heatwave_{csi,pod,far,accuracy}`` over all valid cells seen.
 
-    def __init__(self, threshold: float = 0.0, mask: Any = None) -> None:
+    With ``min_duration`` set, also the event scores ``heatwave_event_{csi,pod,far,accuracy}``
+    (cell-days inside Hobday events detected along T of each ``[N, T, C, H, W]`` window; see
+    :mod:`sfp_env.metrics.heatwave`).
+    """
+
+    def __init__(
+        self,
+        threshold: float = 0.0,
+        mask: Any = None,
+        min_duration: int | None = None,
+        max_gap: int = 2,
+    ) -> None:
         self.threshold = check_threshold(threshold)
         self.mask = check_mask(mask)
+        self.min_duration = min_duration
+        self.max_gap = max_gap
+        if min_duration is not None:
+            self.min_ndim, self.input_desc = 5, "[N, T, C, H, W]"
+            check_duration(min_duration, max_gap)
         super().__init__()
 
     def _config(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, "mask": self.mask}
+        return {
+            "threshold": self.threshold,
+            "mask": self.mask,
+            "min_duration": self.min_duration,
+            "max_gap": self.max_gap,
+        }
 
     def _valid(self) -> torch.Tensor | None:
         return None if self.mask is None else ~self.mask
 
     def _zero_state(self) -> dict[str, torch.Tensor]:
-        return {name: _zeros() for name in ContingencyTable._fields}
+        names = list(ContingencyTable._fields)
+        if self.min_duration is not None:
+            names += [f"event_{k}" for k in ContingencyTable._fields]
+        return {name: _zeros() for name in names}
 
     def _batch_sums(self, pred: torch.Tensor, truth: torch.Tensor) -> dict[str, torch.Tensor]:
-        return dict(heatwave_contingency(pred, truth, self.threshold, self.mask)._asdict())
+        out = dict(heatwave_contingency(pred, truth, self.threshold, self.mask)._asdict())
+        if self.min_duration is not None:
+            events = heatwave_event_contingency(
+                pred,
+                truth,
+                self.threshold,
+                self.mask,
+                time_dim=1,
+                min_duration=self.min_duration,
+                max_gap=self.max_gap,
+            )
+            out.update({f"event_{k}": v for k, v in events._asdict().items()})
+        return out
 
     def _compute(self, sums: dict[str, torch.Tensor]) -> dict[str, float]:
-        table = ContingencyTable(*(sums[k] for k in ContingencyTable._fields))
-        return {f"heatwave_{k}": float(v) for k, v in _heatwave_scores(table).items()}
+        out = {}
+        for prefix, key in [("", "heatwave"), ("event_", "heatwave_event")]:
+            if f"{prefix}hits" not in sums:
+                continue
+            table = ContingencyTable(*(sums[prefix + k] for k in ContingencyTable._fields))
+            out.update({f"{key}_{k}": float(v) for k, v in _heatwave_scores(table).items()})
+        return out
 
 
 class MetricCollection:
@@ -534,11 +581,15 @@ def nse_suite(data_range: float | None = None) -> MetricCollection:
     )
 
 
-def mhw_suite(threshold: float = 0.0, mask: Any = None) -> MetricCollection:
-    """Heatwave CSI/POD/FAR/accuracy and MSE, MAE over ocean cells (``mask`` True = land)."""
-    return MetricCollection(
-        {"heatwave": HeatwaveAccumulator(threshold, mask), "error": ErrorAccumulator(mask)}
-    )
+def mhw_suite(
+    threshold: float = 0.0, mask: Any = None, min_duration: int | None = None, max_gap: int = 2
+) -> MetricCollection:
+    """Heatwave CSI/POD/FAR/accuracy and MSE, MAE over ocean cells (``mask`` True = land).
+
+    ``min_duration`` (e.g. 5) adds the Hobday event scores ``heatwave_event_*``.
+    """
+    heatwave = HeatwaveAccumulator(threshold, mask, min_duration, max_gap)
+    return MetricCollection({"heatwave": heatwave, "error": ErrorAccumulator(mask)})
 
 
 register_metric_suite("sevir", sevir_suite)

@@ -231,9 +231,11 @@ def load_pretrained(
         wanted = _expected_fields(expect)
         diffs = config_diff(wanted, {k: stored.get(k, "<absent>") for k in wanted})
         if diffs:
+            label = repr(str(path)) if str(name_or_path) == str(path) else (
+                f"{str(name_or_path)!r} ({str(path)!r})"
+            )
             raise CheckpointError(
-                f"world model {str(name_or_path)!r} ({str(path)!r}) does not match the expected "
-                "config: " + "; ".join(diffs),
+                f"world model {label} does not match the expected config: " + "; ".join(diffs),
                 fix="use a checkpoint trained for this task/config, or retrain with "
                 "sfp train-gwm",
             )

@@ -142,7 +142,10 @@ class EmbeddedGenerator:
         params = inspect.signature(self.load()).parameters
         out = {}
         for pname, p in params.items():
-            if pname in ("out_dir", "seed", "progress") or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            if pname in ("out_dir", "seed", "progress") or p.kind in (
+                p.VAR_POSITIONAL,
+                p.VAR_KEYWORD,
+            ):
                 continue
             out[pname] = None if p.default is inspect.Parameter.empty else p.default
         return out

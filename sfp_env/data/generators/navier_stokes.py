@@ -236,32 +236,22 @@ def _cn(w_h, explicit, c: _StepContext):
     return (c.cn_minus * w_h + c.dt * (c.f_h - explicit)) / c.cn_plus
 
 
-def _euler(w_h, prev, c: _StepContext):
-    """FNO's step: forward Euler on the explicit terms."""
-    n0 = _advection_hat(w_h, c.g, c.dealias)
-    return _cn(w_h, n0, c), n0
+def _euler(w_h: torch.Tensor, c: _StepContext) -> torch.Tensor:
+    """FNO's step: forward Euler on the explicit terms (first order)."""
+    return _cn(w_h, _advection_hat(w_h, c.g, c.dealias), c)
 
 
-def _heun(w_h, prev, c: _StepContext):
-    """Predictor-corrector: the explicit term is the mean of its values at both ends."""
+def _heun(w_h: torch.Tensor, c: _StepContext) -> torch.Tensor:
+    """Predictor-corrector (second order): the explicit term is the mean of its values at the
+    current state and at the Euler-predicted next state."""
     n0 = _advection_hat(w_h, c.g, c.dealias)
     n1 = _advection_hat(_cn(w_h, n0, c), c.g, c.dealias)
-    return _cn(w_h, 0.5 * (n0 + n1), c), n0
+    return _cn(w_h, 0.5 * (n0 + n1), c)
 
 
-def _ab2(w_h, prev, c: _StepContext):
-    """Second-order Adams-Bashforth on the explicit term (Heun for the first step)."""
-    if prev is None:
-        return _heun(w_h, prev, c)
-    n0 = _advection_hat(w_h, c.g, c.dealias)
-    return _cn(w_h, 1.5 * n0 - 0.5 * prev, c), n0
-
-
-#: explicit time-stepping schemes: name -> step(w_hat, previous N_hat or None, context)
-#: returning (next w_hat, N_hat at the current state)
-SCHEMES: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
+#: explicit time-stepping schemes: name -> step(w_hat, context) -> next w_hat
+SCHEMES: dict[str, Callable[[torch.Tensor, _StepContext], torch.Tensor]] = {
     "heun": _heun,
-    "ab2": _ab2,
     "euler": _euler,
 }
 
@@ -338,10 +328,9 @@ def solve(
     step = SCHEMES[scheme]
     every = steps // record_steps
     w_h = torch.fft.rfft2(w0)
-    prev = None
     out = torch.empty((w0.shape[0], record_steps, n, n), dtype=w0.dtype, device=w0.device)
     for j in range(steps):
-        w_h, prev = step(w_h, prev, ctx)
+        w_h = step(w_h, ctx)
         if (j + 1) % every == 0:
             r = (j + 1) // every
             out[:, r - 1] = torch.fft.irfft2(w_h, s=(n, n))
@@ -440,6 +429,10 @@ def _write_split(
     os.replace(tmp, path)
 
 
+def _advance_bar(bar, amount: int, _record: int) -> None:
+    bar.update(amount)
+
+
 def generate_navier_stokes(
     out_dir: str | os.PathLike,
     seed: int = 0,
@@ -512,11 +505,7 @@ def generate_navier_stokes(
                 idx = range(start, min(start + batch_size, count))
                 gens = [torch_generator(seed, split, i) for i in idx]
                 w = gaussian_random_field(solver_size, gens)
-
-                def tick(_r: int, n=len(idx)) -> None:
-                    if bar is not None:
-                        bar.update(n)
-
+                tick = None if bar is None else functools.partial(_advance_bar, bar, len(idx))
                 if burn_in > 0:
                     w = solve(w, forcing, viscosity, burn_in, dt, 1, callback=tick)[:, 0]
                 traj = [w[:, None]]

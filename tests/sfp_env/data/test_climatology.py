@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from sfp_env.data.climatology import (
     seasonal_threshold,
 )
 from sfp_env.data.netcdf import NetCDFFieldDataset
-from sfp_env.errors import ConfigError, DataError, MissingDataError
+from sfp_env.errors import ConfigError, CorruptDataError, DataError, MissingDataError
 
 
 # ----------------------------------------------------------------------------- day of year
@@ -94,64 +95,82 @@ def test_threshold_input_errors():
 # ----------------------------------------------------------------------------- files
 @pytest.fixture(scope="module")
 def mhw_root(tmp_path_factory, fx):
-    """2001 in full (train), 40 days of 2002 (val) and 12 days of 2003 (test), 3 x 4 grid."""
+    """2001 in full (train), 40 days of 2002 (val), 12 days of 2003 (test) + 3 of 2004."""
     root = tmp_path_factory.mktemp("mhw")
     days = (
         fx.date_range(dt.date(2001, 1, 1), 365)
         + fx.date_range(dt.date(2002, 2, 10), 40)
-        + fx.date_range(dt.date(2003, 12, 25), 12)
+        + fx.date_range(dt.date(2003, 12, 20), 15)
     )
     return fx.write_oisst(root, days)
 
 
-def test_climatology_from_files_matches_arrays(mhw_root, fx):
-    clim = SSTClimatology.compute(mhw_root, (2001, 2001))
+@pytest.fixture(scope="module")
+def mhw_clim(mhw_root):
+    """The cached climatology of 2001 (computed once, reused by the datasets below)."""
+    return SSTClimatology.load_or_compute(mhw_root, (2001, 2001))
+
+
+def test_climatology_from_files_matches_arrays(mhw_root, mhw_clim, fx):
     days = fx.date_range(dt.date(2001, 1, 1), 365)
     sst = np.stack([fx.oisst_sst(d) for d in days])
     mean, p90 = seasonal_threshold(sst, np.array(days, dtype="datetime64[D]"))
-    np.testing.assert_allclose(clim.p90, p90, atol=1e-4)
-    np.testing.assert_allclose(clim.mean, mean, atol=1e-4)
-    np.testing.assert_array_equal(clim.land_mask, fx.oisst_land())
-    # row blocks give the same answer
-    blocked = SSTClimatology.compute(mhw_root, (2001, 2001), max_bytes=1)
-    np.testing.assert_array_equal(blocked.p90, clim.p90)
-    # from a dataset and from a file list too
+    np.testing.assert_allclose(mhw_clim.p90, p90, atol=1e-4)
+    np.testing.assert_allclose(mhw_clim.mean, mean, atol=1e-4)
+    np.testing.assert_array_equal(mhw_clim.land_mask, fx.oisst_land())
+    assert mhw_clim.years == (2001, 2001) and mhw_clim.pctile == 90.0
+    np.testing.assert_array_equal(
+        mhw_clim.threshold(np.array(["2001-03-01", "2000-02-29"], dtype="datetime64[D]")),
+        mhw_clim.p90[[60, 59]],
+    )
+    # from a file list, in blocks of two rows (two passes over the files)
     files = sorted(mhw_root.glob("2001*/*.nc"))
-    np.testing.assert_array_equal(SSTClimatology.compute(files, (2001, 2001)).p90, clim.p90)
-    fields = NetCDFFieldDataset(mhw_root, "sst", years=[2001], file_pattern=OISST_PATTERN)
-    np.testing.assert_array_equal(SSTClimatology.compute(fields, (2001, 2001)).p90, clim.p90)
+    blocked = SSTClimatology.compute(files, (2001, 2001), max_bytes=365 * 4 * 8 * 2)
+    np.testing.assert_array_equal(blocked.p90, mhw_clim.p90)
+    # from a dataset holding more years than asked for: only 2001 is used
+    fields = NetCDFFieldDataset(mhw_root, "sst", years=[2001, 2002], file_pattern=OISST_PATTERN)
+    np.testing.assert_array_equal(SSTClimatology.compute(fields, (2001, 2001)).mean,
+                                  mhw_clim.mean)
 
 
-def test_climatology_cache_roundtrip_and_invalidation(tmp_path, fx, monkeypatch):
-    root = fx.write_oisst(tmp_path / "c", fx.date_range(dt.date(2001, 1, 1), 365))
-    first = SSTClimatology.load_or_compute(root, (2001, 2001))
+def test_climatology_cache_roundtrip_and_invalidation(tmp_path, mhw_root, mhw_clim, fx,
+                                                      monkeypatch):
+    root = tmp_path / "copy"
+    for src in sorted(mhw_root.glob("2001*/*.nc")):
+        (root / src.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, root / src.parent.name / src.name)
     path = root / "climatology_2001-2001.nc"
-    assert path.is_file()
-    loaded = SSTClimatology.load(path)
-    np.testing.assert_array_equal(loaded.p90, first.p90)
-    assert loaded.years == (2001, 2001) and loaded.fingerprint == first.fingerprint
+    assert SSTClimatology.default_path(root, (2001, 2001)) == path
+    assert SSTClimatology.default_path(root, (2001, 2002), pctile=95.0).name == (
+        "climatology_2001-2002_p95_w5_s31.nc"
+    )
+    shutil.copyfile(mhw_root / "climatology_2001-2001.nc", path)  # same files -> valid cache
 
     def boom(*args, **kwargs):
         raise AssertionError("recomputed although the cache is valid")
 
     monkeypatch.setattr(SSTClimatology, "compute", boom)
-    np.testing.assert_array_equal(SSTClimatology.load_or_compute(root, (2001, 2001)).p90,
-                                  first.p90)
+    cached = SSTClimatology.load_or_compute(root, (2001, 2001))
+    np.testing.assert_array_equal(cached.p90, mhw_clim.p90)
+    assert cached.fingerprint == mhw_clim.fingerprint
     monkeypatch.undo()
-    # changing the data (one day rewritten 1 degree warmer with another size) recomputes
+    # rewriting one day 3 degrees warmer with another file size changes the fingerprint
     day = dt.date(2001, 7, 1)
     path_day = root / "200107" / "oisst-avhrr-v02r01.20010701.nc"
-    path_day.unlink()
-    fx.write_oisst_day(root, day, fx.oisst_sst(day) + 1.0)
-    with open(path_day, "ab") as f:  # change the size so the fingerprint changes
+    fx.write_oisst_day(root, day, fx.oisst_sst(day) + 3.0)
+    with open(path_day, "ab") as f:
         f.write(b"\0" * 16)
     again = SSTClimatology.load_or_compute(root, (2001, 2001))
-    assert again.fingerprint != first.fingerprint
+    assert again.fingerprint != mhw_clim.fingerprint
     assert SSTClimatology.load(path).fingerprint == again.fingerprint
-    # different parameters use another file
-    other = SSTClimatology.load_or_compute(root, (2001, 2001), pctile=50.0)
-    assert (root / "climatology_2001-2001_p50_w5_s31.nc").is_file()
-    assert (other.p90 < again.p90)[~fx.oisst_land()].mean() > 0.9
+    july = slice(170, 192)
+    assert (again.mean[july] > mhw_clim.mean[july])[:, ~fx.oisst_land()].all()
+    # a broken cache file is recomputed, not fatal
+    path.write_bytes(b"garbage")
+    with pytest.raises(CorruptDataError, match="climatology_2001-2001.nc"):
+        SSTClimatology.load(path)
+    fixed = SSTClimatology.load_or_compute(root, (2001, 2001))
+    np.testing.assert_array_equal(fixed.p90, again.p90)
 
 
 def test_climatology_needs_full_year(tmp_path, fx):
@@ -163,7 +182,7 @@ def test_climatology_needs_full_year(tmp_path, fx):
 
 
 # ----------------------------------------------------------------------------- dataset
-def test_mhw_dataset_values_land_and_splits(mhw_root, fx):
+def test_mhw_dataset_values_land_and_splits(mhw_root, mhw_clim, fx):
     kwargs = dict(train_years=(2001, 2001), val_years=(2002, 2002), test_years=(2003, 2003))
     ds = MarineHeatwaveDataset(mhw_root, "val", in_frames=4, out_frames=3, stride=5, **kwargs)
     assert len(ds) == (40 - 7) // 5 + 1
@@ -189,7 +208,8 @@ def test_mhw_dataset_values_land_and_splits(mhw_root, fx):
 
     test = MarineHeatwaveDataset(mhw_root, "test", in_frames=4, out_frames=3, stride=5,
                                  **kwargs)
-    assert len(test) == 2 and test.dates(0)[0] == np.datetime64("2003-12-25T12:00")
+    assert len(test) == 2 and test.dates(0)[0] == np.datetime64("2003-12-20T12:00")
+    assert test.dates(1)[-1] == np.datetime64("2003-12-31T12:00")  # 2004 is in no split
     train = MarineHeatwaveDataset(mhw_root, "train", in_frames=10, out_frames=10, stride=5,
                                   **kwargs)
     assert len(train) == (365 - 20) // 5 + 1
@@ -205,7 +225,7 @@ def test_mhw_dataset_values_land_and_splits(mhw_root, fx):
     assert 0.02 < frac < 0.4  # roughly the top decile exceeds its own 90th percentile
 
 
-def test_mhw_errors(mhw_root, tmp_path):
+def test_mhw_errors(mhw_root, mhw_clim, tmp_path):
     kwargs = dict(train_years=(2001, 2001), val_years=(2002, 2002), test_years=(2003, 2003))
     with pytest.raises(ConfigError, match="unknown split"):
         MarineHeatwaveDataset(mhw_root, "valid", **kwargs)

@@ -9,6 +9,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 
 from sfp_env.data.climatology import OISST_PATTERN
 from sfp_env.data.netcdf import NavierStokesDataset, NetCDFFieldDataset
@@ -73,6 +74,19 @@ def test_filters_years_variables_time_steps(norm_root, fx):
     assert NetCDFFieldDataset(norm_root, years=2000, mode="reconstruction").years == [2000]
 
 
+def test_unsorted_and_repeated_indices(norm_root, fx):
+    ds = NetCDFFieldDataset(norm_root, years=[2000], var_indices=[2, 2, 0], time_steps=[4, 1],
+                            mode="reconstruction")
+    assert ds.channels == 3 and len(ds) == 2
+    np.testing.assert_array_equal(ds[0][0].numpy(), _norm_expected(fx, 2000, [4], [2, 2, 0]))
+    np.testing.assert_array_equal(ds[torch.tensor(1)][0].numpy(),
+                                  _norm_expected(fx, 2000, [1], [2, 2, 0]))
+    window = NetCDFFieldDataset(norm_root, years=[2000], time_steps=[5, 0, 3], in_frames=2)
+    x, y = window[0]
+    np.testing.assert_array_equal(x.numpy(), _norm_expected(fx, 2000, [5, 0]))
+    np.testing.assert_array_equal(y.numpy(), _norm_expected(fx, 2000, [3]))
+
+
 def test_explicit_files_and_pickle(norm_root, fx):
     ds = NetCDFFieldDataset(norm_root, files=["2001_norm.nc", norm_root / "2000_norm.nc"],
                             mode="reconstruction")
@@ -80,6 +94,10 @@ def test_explicit_files_and_pickle(norm_root, fx):
     clone = pickle.loads(pickle.dumps(ds))
     assert clone._handles is None
     assert clone[8][0].equal(ds[8][0])
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2)
+    xs = torch.cat([x for x, _ in loader])
+    assert xs.shape == (12, 1, 4, 5, 7)
+    assert all(xs[i].equal(ds[i][0]) for i in range(12))
     ds.close()
 
 
@@ -179,6 +197,8 @@ def test_scale_factor_and_add_offset_honoured(tmp_path, fx):
     np.testing.assert_array_equal(ds.land_mask.numpy(), [[False, True], [False, False]])
     raw = ds.read_steps([1], nan_to_zero=False)
     assert np.isnan(raw[0, 0, 0, 1])
+    with xr.open_dataset(ds.files[1]) as ref:  # the same decoding as xarray's open_dataset
+        np.testing.assert_array_equal(raw[0, 0], ref["sst"].values[0, 0])
 
 
 def test_years_filter_by_file_name_errors(tmp_path, oisst_root):
@@ -237,3 +257,21 @@ def test_nse_errors(tmp_path, nse_root):
         NavierStokesDataset(nse_root, "train", in_frames=20, out_frames=10)
     with pytest.raises(MissingDataError):
         NavierStokesDataset(tmp_path / "none", "train")
+
+
+def test_three_dimensional_variable_is_one_channel(tmp_path):
+    root = tmp_path / "tll"
+    root.mkdir()
+    data = np.arange(5 * 2 * 3, dtype=np.float32).reshape(5, 2, 3)
+    data[2, 1, 1] = np.nan
+    xr.Dataset({"t2m": (("time", "lat", "lon"), data)}).to_netcdf(root / "t2m_2010.nc")
+    ds = NetCDFFieldDataset(root, variable="t2m", file_pattern="t2m_*.nc", years=[2010],
+                            in_frames=2, out_frames=2)
+    assert ds.channels == 1 and len(ds) == 2 and ds.times is None
+    x, y = ds[1]
+    assert x.shape == (2, 1, 2, 3)
+    expected = np.nan_to_num(data[1:5])[:, None]
+    np.testing.assert_array_equal(torch.cat([x, y]).numpy(), expected)
+    np.testing.assert_array_equal(ds.land_mask.numpy(), np.zeros((2, 3), bool))  # NaN fill
+    with pytest.raises(DataError, match="no channel axis"):
+        NetCDFFieldDataset(root, variable="t2m", file_pattern="t2m_*.nc", var_indices=[1])

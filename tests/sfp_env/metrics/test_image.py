@@ -30,7 +30,9 @@ def test_ssim_matches_skimage(data_range):
     b = (a + 0.1 * data_range * rng.standard_normal(a.shape)).astype(np.float32)
     ours = ssim(torch.from_numpy(a), torch.from_numpy(b), data_range=data_range)
     assert ours.shape == (2, 3) and ours.dtype == torch.float32
-    ref = np.array([[_skimage_ssim(a[i, j], b[i, j], data_range) for j in range(3)] for i in range(2)])
+    ref = np.array(
+        [[_skimage_ssim(a[i, j], b[i, j], data_range) for j in range(3)] for i in range(2)]
+    )
     np.testing.assert_allclose(ours.numpy(), ref, atol=1e-4)
     assert np.ptp(ref) > 1e-3  # the images differ, so a constant output would fail
 

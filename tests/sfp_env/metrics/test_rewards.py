@@ -20,7 +20,10 @@ EXAMPLE_KWARGS = {"csi": {"threshold": 74}, "heatwave_csi": {"threshold": 0.5, "
 
 def _data(n: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    truth = torch.rand(n, 5, 1, H, H, generator=g) ** 2
+    # sparse storms: empty 8x8 blocks, so that pooled scores also see false alarms
+    blocks = (torch.rand(n, 5, 1, H // 8, H // 8, generator=g) < 0.5).float()
+    blocks = blocks.repeat_interleave(8, dim=-1).repeat_interleave(8, dim=-2)
+    truth = torch.rand(n, 5, 1, H, H, generator=g) ** 2 * blocks
     pred = (truth + 0.3 * torch.randn(truth.shape, generator=g)).clamp(0, 1)
     return pred, truth
 

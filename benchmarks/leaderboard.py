@@ -1,0 +1,509 @@
+"""The baseline vs +SFP leaderboard (``sfp leaderboard --suite {smoke,small,full}``).
+
+For every task x backbone x seed the supervised baseline and the +SFP agent are trained from the
+same initialization (same seed) with the same data, epochs and optimizer, then both are evaluated
+on the held-out test split with the task's metric suite. Results go to
+``benchmarks/results/<suite>.json`` (every number, config, seeds, versions, hardware, wall times)
+and a Markdown table ``benchmarks/results/<suite>.md`` rendered *only* from that JSON
+(:func:`render_markdown`), so the table can always be regenerated and checked.
+
+Plug-in rows: ``--plugins my_package.my_module`` imports modules that call
+``register_backbone``/``register_planner`` first; their names can then be passed to
+``--backbones``/``--planners`` without editing this file.
+
+Runs under ``accelerate launch -m sfp_agents leaderboard ...``: training and evaluation shard over
+the processes; only the main process writes files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import math
+import platform
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sfp_env import __version__
+from sfp_env.config import from_dict, load_yaml, parse_overrides, to_dict
+from sfp_env.envs.tasks import TASKS, get_task
+from sfp_env.errors import ConfigError
+
+SUITES_DIR = Path(__file__).resolve().parent / "suites"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SCHEMA_VERSION = 1
+
+#: the paper's margins per task (relative change of the domain metric averaged over backbones)
+PAPER_TARGETS: dict[str, float] = {"sevir": 0.297, "nse": -0.573}
+#: the largest relative MSE increase the target allows
+MSE_TOLERANCE = 0.05
+
+
+@dataclass
+class SuiteConfig:
+    """A leaderboard suite (YAML in ``benchmarks/suites/<name>.yaml``).
+
+    Attributes:
+        tasks, backbones, planners, seeds: the grid; one baseline per (task, backbone, seed)
+            and one +SFP agent per planner.
+        episodes: test episodes per evaluation (None: the whole test split).
+        eval_batch_size: evaluation batch size.
+        overrides: ``key=value`` overrides of the Stage-2 config, common to every run.
+        task_overrides: extra overrides per task name.
+        panels: write a PNG panel per task (first backbone, first seed).
+    """
+
+    tasks: list[str] = field(default_factory=lambda: ["sevir", "nse", "mhw"])
+    backbones: list[str] = field(default_factory=lambda: ["simvp"])
+    planners: list[str] = field(default_factory=lambda: ["beam"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    episodes: int | None = None
+    eval_batch_size: int = 16
+    overrides: list[str] = field(default_factory=list)
+    task_overrides: dict[str, list[str]] = field(default_factory=dict)
+    panels: bool = True
+
+
+def load_suite(name_or_path: str) -> tuple[str, SuiteConfig]:
+    """Resolve a shipped suite name (``smoke``) or a YAML path; returns (name, config)."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = SUITES_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        shipped = sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+        raise ConfigError(
+            f"leaderboard suite {name_or_path!r} not found",
+            fix=f"use one of {shipped} or the path of a suite YAML file",
+        )
+    return path.stem, from_dict(SuiteConfig, load_yaml(path))
+
+
+# --------------------------------------------------------------------------------------------
+# running
+# --------------------------------------------------------------------------------------------
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _hardware() -> dict[str, Any]:
+    from benchmarks.throughput import hardware
+
+    return hardware()
+
+
+def _loss_key(history: Sequence[Mapping[str, Any]]) -> str | None:
+    for key in ("train/loss", "loss", "train_loss"):
+        if history and key in history[0]:
+            return key
+    for key in history[0] if history else ():
+        if "loss" in key and isinstance(history[0][key], (int, float)):
+            return key
+    return None
+
+
+def _run_one(
+    task: str, backbone: str, planner: str | None, seed: int, suite: SuiteConfig, *,
+    run_root: Path, accelerator: Any, data_roots: Mapping[str, str],
+) -> dict[str, Any]:
+    """Train one model (baseline when ``planner`` is None) and evaluate it on the test split."""
+    from sfp_agents.agent_config import AgentRunConfig
+    from sfp_agents.config import load_config
+    from sfp_agents.training.evaluate import evaluate_agent
+    from sfp_agents.training.self_train import train_agent
+
+    mode = "baseline" if planner is None else "sfp"
+    tag = mode if planner is None else f"sfp-{planner}"
+    run_dir = run_root / task / backbone / f"seed{seed}" / tag
+    if accelerator.is_main_process and run_dir.exists():
+        shutil.rmtree(run_dir)
+    accelerator.wait_for_everyone()
+    overrides = list(suite.overrides) + list(suite.task_overrides.get(task, []))
+    overrides += [
+        f"mode={mode}", f"backbone.name={backbone}", f"train.seed={seed}",
+        f"run_dir={run_dir.as_posix()}",
+    ]
+    if planner is not None:
+        overrides.append(f"planner.name={planner}")
+    if task in data_roots:
+        overrides.append(f"data_root={data_roots[task]}")
+    config = load_config(AgentRunConfig, task, overrides)
+    t0 = time.perf_counter()
+    result = train_agent(config, accelerator=accelerator)
+    train_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    metrics = evaluate_agent(
+        result.best_checkpoint, task, split="test", episodes=suite.episodes,
+        batch_size=suite.eval_batch_size, seed=seed, accelerator=accelerator,
+    )
+    eval_s = time.perf_counter() - t1
+    history = [
+        {k: v for k, v in h.items() if isinstance(v, (int, float, str))} for h in result.history
+    ]
+    key = _loss_key(history)
+    losses = [float(h[key]) for h in history if key in h] if key else []
+    return {
+        "task": task, "backbone": backbone, "planner": planner, "seed": seed, "mode": mode,
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "history": history,
+        "loss_key": key,
+        "loss_first": losses[0] if losses else None,
+        "loss_last": losses[-1] if losses else None,
+        "train_wall_s": round(train_s, 2), "eval_wall_s": round(eval_s, 2),
+        "run_dir": run_dir.as_posix(), "checkpoint": str(result.best_checkpoint),
+        "config": to_dict(config),
+    }
+
+
+def run_suite(
+    name: str, suite: SuiteConfig, *, out_dir: Path = RESULTS_DIR, run_root: Path | None = None,
+    data_roots: Mapping[str, str] | None = None, command: str | None = None,
+) -> dict[str, Any]:
+    """Train and evaluate the whole grid; write ``<out_dir>/<name>.json`` and ``.md``."""
+    from accelerate import Accelerator
+
+    for task in suite.tasks:
+        get_task(task)  # RegistryError listing the tasks
+    from sfp_agents.planners import PLANNERS
+    from sfp_agents.policies import BACKBONES
+
+    for b in suite.backbones:
+        BACKBONES.get(b)
+    for p in suite.planners:
+        PLANNERS.get(p)
+    accelerator = Accelerator()
+    run_root = Path(run_root or Path("runs") / "leaderboard" / name)
+    t0 = time.perf_counter()
+    runs: list[dict[str, Any]] = []
+    for task in suite.tasks:
+        for backbone in suite.backbones:
+            for seed in suite.seeds:
+                for planner in [None, *suite.planners]:
+                    runs.append(_run_one(
+                        task, backbone, planner, seed, suite, run_root=run_root,
+                        accelerator=accelerator, data_roots=data_roots or {},
+                    ))
+    results = {
+        "schema_version": SCHEMA_VERSION,
+        "suite": name,
+        "command": command or f"sfp leaderboard --suite {name}",
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "package_version": __version__,
+        "git_commit": _git_commit(),
+        "hardware": _hardware(),
+        "num_processes": accelerator.num_processes,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "config": to_dict(suite),
+        "tasks": {
+            t: {
+                "env_id": get_task(t).env_id,
+                "domain_metric": get_task(t).domain_metric,
+                "domain_mode": get_task(t).domain_mode,
+                "in_frames": get_task(t).in_frames, "out_frames": get_task(t).out_frames,
+                "chunk_frames": get_task(t).chunk_frames, "size": get_task(t).size,
+            }
+            for t in suite.tasks
+        },
+        "runs": runs,
+        "wall_time_s": round(time.perf_counter() - t0, 1),
+    }
+    results["summary"] = summarize(results)
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / f"{name}.json").write_text(json.dumps(results, indent=1, default=str))
+        (out_dir / f"{name}.md").write_text(render_markdown(results))
+        if suite.panels:
+            write_panels(results, out_dir)
+    accelerator.wait_for_everyone()
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+# summary and Markdown (pure functions of the JSON)
+# --------------------------------------------------------------------------------------------
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return float("nan"), float("nan")
+    mean = sum(vals) / len(vals)
+    var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1) if len(vals) > 1 else 0.0
+    return mean, math.sqrt(var)
+
+
+def _rel(new: float, old: float) -> float:
+    if not (math.isfinite(new) and math.isfinite(old)) or old == 0:
+        return float("nan")
+    return (new - old) / abs(old)
+
+
+def _columns(task: str) -> list[str]:
+    if task == "sevir":
+        return ["csi_m", "csi_pool4", "csi_pool16", "mse", "ssim"]
+    return []
+
+
+def summarize(results: Mapping[str, Any]) -> dict[str, Any]:
+    """Per (task, backbone, planner) row: mean/std over seeds of every metric for baseline and
+    +SFP, relative changes, whether the domain-metric difference exceeds the seed spread; per
+    task: averages over backbones and the distance to the paper's target."""
+    runs = results["runs"]
+    summary: dict[str, Any] = {"rows": [], "tasks": {}}
+    for task, info in results["tasks"].items():
+        dom, mode = info["domain_metric"], info["domain_mode"]
+        task_rows = []
+        backbones = sorted({r["backbone"] for r in runs if r["task"] == task})
+        planners = sorted({r["planner"] for r in runs if r["task"] == task and r["planner"]})
+        for backbone in backbones:
+            base_runs = [r for r in runs if r["task"] == task and r["backbone"] == backbone
+                         and r["mode"] == "baseline"]
+            for planner in planners:
+                sfp_runs = [r for r in runs if r["task"] == task and r["backbone"] == backbone
+                            and r["planner"] == planner]
+                keys = sorted(set().union(*(r["metrics"] for r in base_runs + sfp_runs)))
+                row: dict[str, Any] = {
+                    "task": task, "backbone": backbone, "planner": planner,
+                    "seeds": sorted(r["seed"] for r in sfp_runs), "baseline": {}, "sfp": {},
+                    "rel_change": {},
+                }
+                for k in keys:
+                    bm, bs = _mean_std([r["metrics"].get(k, float("nan")) for r in base_runs])
+                    sm, ss = _mean_std([r["metrics"].get(k, float("nan")) for r in sfp_runs])
+                    row["baseline"][k] = {"mean": bm, "std": bs}
+                    row["sfp"][k] = {"mean": sm, "std": ss}
+                    row["rel_change"][k] = _rel(sm, bm)
+                b, s = row["baseline"].get(dom, {}), row["sfp"].get(dom, {})
+                diff = s.get("mean", float("nan")) - b.get("mean", float("nan"))
+                spread = b.get("std", 0.0) + s.get("std", 0.0)
+                row["domain_diff"] = diff
+                row["exceeds_seed_spread"] = bool(math.isfinite(diff) and abs(diff) > spread)
+                row["sfp_better"] = bool(diff > 0) if mode == "max" else bool(diff < 0)
+                task_rows.append(row)
+        summary["rows"].extend(task_rows)
+        dom_changes = [r["rel_change"].get(dom, float("nan")) for r in task_rows]
+        mse_changes = [r["rel_change"].get("mse", float("nan")) for r in task_rows]
+        avg_dom, _ = _mean_std(dom_changes)
+        avg_mse, _ = _mean_std(mse_changes)
+        target = PAPER_TARGETS.get(task)
+        improves = (avg_dom > 0) if mode == "max" else (avg_dom < 0)
+        if target is None:
+            meets_dom = bool(improves)
+            distance = None
+        else:
+            meets_dom = bool(avg_dom >= target) if mode == "max" else bool(avg_dom <= target)
+            distance = (target - avg_dom) if mode == "max" else (avg_dom - target)
+        summary["tasks"][task] = {
+            "domain_metric": dom, "domain_mode": mode,
+            "avg_rel_change_domain": avg_dom, "avg_rel_change_mse": avg_mse,
+            "paper_target": target, "distance_to_target": distance,
+            "meets_domain_target": meets_dom,
+            "mse_within_tolerance": bool(math.isfinite(avg_mse) and avg_mse <= MSE_TOLERANCE),
+            "rows_sfp_better": sum(r["sfp_better"] for r in task_rows),
+            "rows": len(task_rows),
+        }
+    return summary
+
+
+def _fmt(stat: Mapping[str, float] | None, digits: int = 4) -> str:
+    if not stat or not math.isfinite(stat.get("mean", float("nan"))):
+        return "n/a"
+    mean, std = stat["mean"], stat.get("std", 0.0)
+    if abs(mean) < 1e-2 and mean != 0:
+        return f"{mean:.3e} ± {std:.1e}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:+.1f}%"
+
+
+def render_markdown(results: Mapping[str, Any]) -> str:
+    """The leaderboard as Markdown, computed only from the results JSON."""
+    summary = results.get("summary") or summarize(results)
+    hw = results["hardware"]
+    lines = [
+        f"# sfp leaderboard: `{results['suite']}` suite",
+        "",
+        f"Reproduce: `{results['command']}`",
+        "",
+        f"sfp {results['package_version']} (commit {str(results.get('git_commit'))[:10]}), "
+        f"torch {results['torch']}, {hw.get('cuda_device') or hw.get('processor')} x"
+        f"{hw.get('cpu_count')}, {results['num_processes']} process(es), "
+        f"{results['wall_time_s'] / 60:.1f} min in all; created {results['created_utc']}.",
+        "",
+        "Each row: the same backbone trained as a supervised MSE baseline and with SFP (same seed, "
+        "initialization, data, epochs, optimizer), scored on the embedded test split. "
+        "mean ± std over seeds; Δ is the relative change of +SFP over the baseline; "
+        "**bold** Δ: the difference exceeds the seed spread (|Δmean| > std_base + std_sfp).",
+        "",
+    ]
+    for task, info in results["tasks"].items():
+        dom, mode = info["domain_metric"], info["domain_mode"]
+        arrow = "↑" if mode == "max" else "↓"
+        cols = [dom] + [c for c in _columns(task) if c != dom] + [
+            c for c in ("mse", "ssim") if c != dom and c not in _columns(task)
+        ]
+        lines += [f"## {info['env_id']} (`{task}`): domain metric `{dom}` {arrow}", ""]
+        header = "| backbone | planner | " + " | ".join(
+            f"{c} base | {c} +SFP | Δ {c}" for c in cols) + " |"
+        lines += [header, "|" + "---|" * (2 + 3 * len(cols))]
+        for row in (r for r in summary["rows"] if r["task"] == task):
+            cells = [row["backbone"], row["planner"]]
+            for c in cols:
+                delta = _pct(row["rel_change"].get(c))
+                if c == dom and row["exceeds_seed_spread"]:
+                    delta = f"**{delta}**"
+                cells += [_fmt(row["baseline"].get(c)), _fmt(row["sfp"].get(c)), delta]
+            lines.append("| " + " | ".join(cells) + " |")
+        t = summary["tasks"][task]
+        target = t["paper_target"]
+        target_txt = (
+            f"paper target {_pct(target)}, distance {_pct(t['distance_to_target'])} "
+            f"({'met' if t['meets_domain_target'] else 'not met'})"
+            if target is not None else
+            f"target: any improvement ({'met' if t['meets_domain_target'] else 'not met'})"
+        )
+        lines += [
+            "",
+            f"Average over backbones: Δ {dom} {_pct(t['avg_rel_change_domain'])} ({target_txt}); "
+            f"Δ MSE {_pct(t['avg_rel_change_mse'])} "
+            f"({'within' if t['mse_within_tolerance'] else 'outside'} the +5% tolerance); "
+            f"+SFP better in {t['rows_sfp_better']}/{t['rows']} rows.",
+            "",
+        ]
+        if task == "sevir":
+            lines += _per_threshold_table(results, summary, task)
+    lines += _training_check_lines(results)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _per_threshold_table(results: Mapping[str, Any], summary: Mapping[str, Any],
+                         task: str) -> list[str]:
+    rows = [r for r in summary["rows"] if r["task"] == task]
+    if not rows:
+        return []
+    thresholds = sorted(
+        int(k.split("_")[1]) for k in rows[0]["baseline"]
+        if k.startswith("csi_") and k.split("_")[1].isdigit() and k.count("_") == 1
+    )
+    if not thresholds:
+        return []
+    lines = ["Per-threshold CSI (baseline → +SFP):", "",
+             "| backbone | planner | " + " | ".join(f"CSI-{t}" for t in thresholds) + " |",
+             "|" + "---|" * (2 + len(thresholds))]
+    for r in rows:
+        cells = [r["backbone"], r["planner"]]
+        for t in thresholds:
+            b = r["baseline"].get(f"csi_{t}", {}).get("mean", float("nan"))
+            s = r["sfp"].get(f"csi_{t}", {}).get("mean", float("nan"))
+            cells.append(f"{b:.3f} → {s:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _training_check_lines(results: Mapping[str, Any]) -> list[str]:
+    lines = ["## Training check", "",
+             "| task | backbone | mode | seed | first-epoch loss | last-epoch loss | train s |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results["runs"]:
+        mode = r["mode"] if r["planner"] is None else f"sfp-{r['planner']}"
+        first = "n/a" if r["loss_first"] is None else f"{r['loss_first']:.4g}"
+        last = "n/a" if r["loss_last"] is None else f"{r['loss_last']:.4g}"
+        lines.append(f"| {r['task']} | {r['backbone']} | {mode} | {r['seed']} | {first} | "
+                     f"{last} | {r['train_wall_s']:.0f} |")
+    return [*lines, ""]
+
+
+def write_panels(results: Mapping[str, Any], out_dir: Path) -> list[Path]:
+    """One PNG panel per task (first backbone, first seed, first planner) next to the results."""
+    from sfp_agents.visualize import visualize
+
+    written = []
+    for task in results["tasks"]:
+        runs = [r for r in results["runs"] if r["task"] == task]
+        if not runs:
+            continue
+        first = runs[0]
+        pick = [r for r in runs
+                if r["backbone"] == first["backbone"] and r["seed"] == first["seed"]]
+        base = next(r for r in pick if r["mode"] == "baseline")
+        sfp = next(r for r in pick if r["mode"] == "sfp")
+        paths = visualize(
+            {"baseline": base["checkpoint"], "+SFP": sfp["checkpoint"]}, task, index=0,
+            out=out_dir / f"{results['suite']}_{task}", gif=False,
+        )
+        written.extend(paths)
+    return written
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------------
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--suite", default="small", help="smoke, small, full or a suite YAML")
+    parser.add_argument("--tasks", nargs="+", help="override the suite's tasks")
+    parser.add_argument("--backbones", nargs="+", help="override the suite's backbones")
+    parser.add_argument("--planners", nargs="+", help="override the suite's planners")
+    parser.add_argument("--seeds", nargs="+", type=int, help="override the suite's seeds")
+    parser.add_argument("--plugins", nargs="+", default=[],
+                        help="modules to import first (they register backbones/planners)")
+    parser.add_argument("--data-root", nargs="+", default=[], metavar="TASK=PATH",
+                        help="real data per task, e.g. sevir=/data/sevir")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--run-root", type=Path, default=None,
+                        help="where run directories go (default runs/leaderboard/<suite>)")
+    parser.add_argument("overrides", nargs="*", help="extra key=value overrides of every run")
+
+
+def run(args: argparse.Namespace) -> int:
+    for module in args.plugins:
+        importlib.import_module(module)
+    name, suite = load_suite(args.suite)
+    changes: dict[str, Any] = {}
+    for key in ("tasks", "backbones", "planners", "seeds"):
+        if getattr(args, key):
+            changes[key] = list(getattr(args, key))
+    if args.overrides:
+        parse_overrides(args.overrides)  # validates the key=value form
+        changes["overrides"] = list(suite.overrides) + list(args.overrides)
+    suite = dataclasses.replace(suite, **changes)
+    roots = parse_overrides(args.data_root)
+    unknown = sorted(set(roots) - set(TASKS))
+    if unknown:
+        raise ConfigError(f"--data-root names unknown tasks {unknown}",
+                          fix=f"use task names from {sorted(TASKS)}")
+    import sys
+
+    command = "sfp leaderboard " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else None
+    results = run_suite(name, suite, out_dir=args.out_dir, run_root=args.run_root,
+                        data_roots={k: str(v) for k, v in roots.items()},
+                        command=command or f"sfp leaderboard --suite {args.suite}")
+    print(render_markdown(results))
+    print(f"wrote {args.out_dir / (name + '.json')} and {args.out_dir / (name + '.md')}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.leaderboard", description=__doc__)
+    configure(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

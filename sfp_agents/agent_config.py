@@ -1,0 +1,215 @@
+"""Stage-2 run configuration: self-training an agent (``sfp train-agent``) or its baseline.
+
+The dataclasses here load from YAML with :func:`sfp_agents.config.load_config` (shipped files
+``sfp_agents/configs/agent_<name>.yaml``; ``AgentRunConfig.CONFIG_PREFIX = "agent"``), e.g.::
+
+    cfg = load_config(AgentRunConfig, "sevir", ["mode=baseline", "train.epochs=2"])
+
+The optimizer section reuses Stage 1's :class:`sfp_agents.config.OptimConfig`. The metric that
+picks the best checkpoint is the task's ``TaskSpec.domain_metric`` / ``domain_mode``
+(``csi_m`` max for sevir, ``tke_error`` min for nse, ``heatwave_csi`` max for mhw).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from sfp_env.envs.tasks import TaskSpec, get_task
+from sfp_env.errors import ConfigError
+
+from sfp_agents.config import OptimConfig
+
+__all__ = [
+    "BackboneConfig",
+    "PlannerConfig",
+    "SFPLossConfig",
+    "AgentTrainConfig",
+    "AgentRunConfig",
+    "AGENT_MODES",
+    "RESUMABLE_KEYS",
+]
+
+#: the two Stage-2 modes: the SFP agent and its supervised baseline
+AGENT_MODES: tuple[str, ...] = ("sfp", "baseline")
+
+#: config keys that may change when a run is resumed (length, checkpoint and logging cadence)
+RESUMABLE_KEYS: tuple[str, ...] = (
+    "train.epochs",
+    "train.max_steps",
+    "train.save_every",
+    "train.keep_last",
+    "train.log_every",
+    "train.num_workers",
+)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _require(cls: str, name: str, ok: bool, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(
+            f"{cls}.{name} must be {expected}, got {value!r}",
+            fix=f"set {name} to {expected}",
+        )
+
+
+@dataclass
+class BackboneConfig:
+    """The policy backbone: a name in ``sfp_agents.policies.BACKBONES`` and its options
+    (``hidden`` and backbone-specific keyword arguments of ``build_backbone``)."""
+
+    name: str = "simvp"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require("BackboneConfig", "name", isinstance(self.name, str) and bool(self.name),
+                 self.name, "a backbone name such as 'simvp'")
+
+
+@dataclass
+class PlannerConfig:
+    """The planner: a name in ``sfp_agents.planners.PLANNERS`` and its keyword arguments."""
+
+    name: str = "beam"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require("PlannerConfig", "name", isinstance(self.name, str) and bool(self.name),
+                 self.name, "a planner name such as 'beam'")
+
+
+@dataclass
+class SFPLossConfig:
+    """Weights of the self-training loss (unused in baseline mode)::
+
+        pseudo_label * MSE(forecast, plan.best_future) + anchor * MSE(forecast, truth)
+        + latent * MSE(intentions, plan.latents)
+
+    Latents are in the world model's latent units.
+    """
+
+    pseudo_label: float = 1.0
+    anchor: float = 0.5
+    latent: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("pseudo_label", "anchor", "latent"):
+            value = getattr(self, name)
+            _require("SFPLossConfig", name, isinstance(value, (int, float))
+                     and not isinstance(value, bool) and math.isfinite(value) and value >= 0,
+                     value, "a finite number >= 0")
+        if self.pseudo_label + self.anchor + self.latent <= 0:
+            raise ConfigError(
+                "SFPLossConfig: all three loss weights are 0, so the agent would not learn",
+                fix="give loss.pseudo_label (or loss.anchor / loss.latent) a positive weight",
+            )
+
+
+@dataclass
+class AgentTrainConfig:
+    """Length, batching, checkpointing and validation of a Stage-2 run.
+
+    Attributes:
+        epochs: passes over the training set.
+        batch_size: samples per optimizer step on each process (each process plans its own).
+        seed: seeds the backbone/head initialization (same in both modes) and the data order.
+        save_every: save a resumable state every this many optimizer steps (and at the end).
+        keep_last: state folders kept.
+        limit_train_samples: train on the first N samples of the split (None: all).
+        limit_val_samples: validate on the first N samples (None: all).
+        val_every: validate every this many epochs (and after the last one).
+        val_batch_size: validation batch size (None: ``batch_size``).
+        max_steps: stop after this many optimizer steps (None: ``epochs`` decide).
+        log_every: log training scalars every this many steps.
+        num_workers: DataLoader worker processes.
+    """
+
+    epochs: int = 5
+    batch_size: int = 8
+    seed: int = 0
+    save_every: int = 100
+    keep_last: int = 2
+    limit_train_samples: int | None = None
+    limit_val_samples: int | None = None
+    val_every: int = 1
+    val_batch_size: int | None = None
+    max_steps: int | None = None
+    log_every: int = 10
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "save_every", "keep_last", "val_every", "log_every"):
+            value = getattr(self, name)
+            _require("AgentTrainConfig", name, _is_int(value) and value >= 1, value,
+                     "an integer >= 1")
+        for name in ("seed", "num_workers"):
+            value = getattr(self, name)
+            _require("AgentTrainConfig", name, _is_int(value) and value >= 0, value,
+                     "an integer >= 0")
+        for name in ("limit_train_samples", "limit_val_samples", "val_batch_size", "max_steps"):
+            value = getattr(self, name)
+            _require("AgentTrainConfig", name, value is None or (_is_int(value) and value >= 1),
+                     value, "an integer >= 1 or null")
+
+
+@dataclass
+class AgentRunConfig:
+    """A Stage-2 run (``sfp train-agent``): train an SFP agent (``mode: sfp``) or the supervised
+    baseline (``mode: baseline``) on a task.
+
+    Attributes:
+        run_dir: output folder; None means ``runs/agent_<task>_<mode>``.
+        task: name in ``sfp_env.envs.tasks.TASKS`` (data source, frames, reward, metrics).
+        mode: "sfp" or "baseline".
+        data_root: data folder; None means the task's embedded data.
+        data_kwargs: extra options of the task's data source (they override the task's own
+            ``data_kwargs``), e.g. the embedded data's sizes.
+        world_model: shipped world-model name or checkpoint path; None means the task's.
+            Frozen during training; in baseline mode it only fixes the backbone's downsample.
+        reward: reward name for planning; None means the task's reward (with its options).
+        reward_kwargs: options of ``reward`` (added to the task's when ``reward`` is None).
+        backbone, planner, loss, optim, train: see the section classes.
+    """
+
+    CONFIG_PREFIX: ClassVar[str] = "agent"
+
+    run_dir: str | None = None
+    task: str = "sevir"
+    mode: Literal["sfp", "baseline"] = "sfp"
+    data_root: str | None = None
+    data_kwargs: dict[str, Any] = field(default_factory=dict)
+    world_model: str | None = None
+    reward: str | None = None
+    reward_kwargs: dict[str, Any] = field(default_factory=dict)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    planner: PlannerConfig = field(default_factory=PlannerConfig)
+    loss: SFPLossConfig = field(default_factory=SFPLossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: AgentTrainConfig = field(default_factory=AgentTrainConfig)
+
+    def __post_init__(self) -> None:
+        _require("AgentRunConfig", "mode", self.mode in AGENT_MODES, self.mode,
+                 f"one of {list(AGENT_MODES)}")
+        _require("AgentRunConfig", "run_dir", self.run_dir is None
+                 or (isinstance(self.run_dir, str) and bool(self.run_dir)), self.run_dir,
+                 "a folder path or null")
+        get_task(self.task)  # RegistryError listing the registered tasks
+
+    @property
+    def task_spec(self) -> TaskSpec:
+        """The registered :class:`TaskSpec` of ``task``."""
+        return get_task(self.task)
+
+    @property
+    def resolved_run_dir(self) -> str:
+        """``run_dir``, or ``runs/agent_<task>_<mode>`` when it is None."""
+        return self.run_dir or f"runs/agent_{self.task}_{self.mode}"
+
+    @property
+    def resolved_world_model(self) -> str:
+        """``world_model``, or the task's shipped world model when it is None."""
+        return self.world_model or self.task_spec.world_model

@@ -1,0 +1,276 @@
+"""Stable-Baselines3 integration for the sfp forecasting environments.
+
+- :class:`FrameFeaturesExtractor`: a small CNN for observations ``[T_in, C, H, W]`` (frames
+  stacked as channels, scaled to [-1, 1] with the observation bounds).
+- :class:`SB3VecEnvAdapter`: exposes a Gymnasium vector env (e.g. the batched
+  :class:`~sfp_env.envs.vector_env.BatchedForecastVectorEnv`) as an SB3 ``VecEnv``: finished
+  episodes are reset in the same step (SB3's autoreset) with the final observation in
+  ``infos[i]["terminal_observation"]``.
+- :class:`CodeChoiceWrapper`: a discrete action space for PPO/A2C: for every latent cell, which
+  of the K codes nearest to a base intention to use (``MultiDiscrete([K] * h * w)``).
+
+Example::
+
+    env = CodeChoiceWrapper(ForecastEnv("sevir"), k=8)
+    model = PPO("MlpPolicy", env, policy_kwargs={"features_extractor_class":
+                FrameFeaturesExtractor})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
+from torch import nn
+
+from sfp_env.envs.forecast_env import ForecastEnv, as_action_array
+from sfp_env.errors import ActionError, ConfigError, EnvStateError
+
+__all__ = ["FrameFeaturesExtractor", "SB3VecEnvAdapter", "CodeChoiceWrapper", "unbatch_infos"]
+
+
+class FrameFeaturesExtractor(BaseFeaturesExtractor):
+    """CNN features of ``[B, T_in, C, H, W]`` observations -> ``[B, features_dim]``.
+
+    The ``T_in * C`` frames are stacked as input channels, mapped to [-1, 1] with the Box
+    bounds, then three stride-2 3x3 convolutions (``widths``), adaptive average pooling to
+    ``pool x pool`` and a linear layer.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Box,
+        features_dim: int = 128,
+        widths: Sequence[int] = (32, 64, 64),
+        pool: int = 4,
+    ) -> None:
+        if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) != 4:
+            raise ConfigError(
+                f"FrameFeaturesExtractor needs a Box observation space [T, C, H, W], got "
+                f"{observation_space}",
+                fix="use it with the sfp forecasting environments",
+            )
+        super().__init__(observation_space, features_dim)
+        t, c, _, _ = observation_space.shape
+        low = float(np.min(observation_space.low))
+        high = float(np.max(observation_space.high))
+        if not (np.isfinite(low) and np.isfinite(high) and high > low):
+            raise ConfigError(
+                f"FrameFeaturesExtractor needs finite observation bounds, got [{low}, {high}]",
+                fix="bound the observation space",
+            )
+        self.register_buffer("centre", torch.tensor((low + high) / 2.0))
+        self.register_buffer("half_range", torch.tensor((high - low) / 2.0))
+        layers: list[nn.Module] = []
+        in_ch = t * c
+        for width in widths:
+            layers += [nn.Conv2d(in_ch, int(width), 3, stride=2, padding=1), nn.ReLU()]
+            in_ch = int(width)
+        layers += [nn.AdaptiveAvgPool2d(pool), nn.Flatten()]
+        self.cnn = nn.Sequential(*layers)
+        self.linear = nn.Sequential(nn.Linear(in_ch * pool * pool, features_dim), nn.ReLU())
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        x = observations.flatten(1, 2)  # [B, T*C, H, W]
+        x = (x - self.centre) / self.half_range
+        return self.linear(self.cnn(x))
+
+
+def unbatch_infos(infos: dict[str, Any], num_envs: int) -> list[dict[str, Any]]:
+    """Gymnasium vector infos (``key`` arrays with ``_key`` masks) -> one dict per env."""
+    out: list[dict[str, Any]] = [{} for _ in range(num_envs)]
+    for key, value in infos.items():
+        if key.startswith("_"):
+            continue
+        mask = infos.get(f"_{key}", np.ones(num_envs, dtype=np.bool_))
+        if isinstance(value, dict):
+            subs = unbatch_infos(value, num_envs)
+            for i in np.flatnonzero(mask).tolist():
+                out[i][key] = subs[i]
+        else:
+            for i in np.flatnonzero(mask).tolist():
+                item = value[i]
+                out[i][key] = item.item() if isinstance(item, np.generic) else item
+    return out
+
+
+class SB3VecEnvAdapter(VecEnv):
+    """An SB3 ``VecEnv`` over a Gymnasium vector env that supports ``options["reset_mask"]``.
+
+    ``step_wait`` steps all envs in one call; episodes that end are reset right away (one
+    masked reset), their last observation stored in ``infos[i]["terminal_observation"]`` and
+    ``infos[i]["TimeLimit.truncated"]`` set as SB3 expects. Rewards are float32.
+    """
+
+    def __init__(self, venv: gym.vector.VectorEnv) -> None:
+        if not isinstance(venv, gym.vector.VectorEnv):
+            raise ConfigError(
+                f"SB3VecEnvAdapter wraps a gymnasium.vector.VectorEnv, got {type(venv).__name__}",
+                fix="pass gym.make_vec('SFP-SEVIR-v0', num_envs=N)",
+            )
+        self.venv = venv
+        super().__init__(venv.num_envs, venv.single_observation_space, venv.single_action_space)
+        self.render_mode = getattr(venv, "render_mode", None)
+        self._actions: np.ndarray | None = None
+
+    def reset(self) -> np.ndarray:
+        seeds = self._seeds if any(s is not None for s in self._seeds) else None
+        options = None
+        if any(self._options):
+            first = self._options[0]
+            if any(o != first for o in self._options):
+                raise ConfigError(
+                    "SB3VecEnvAdapter: per-env reset options differ; the batched env takes one "
+                    "options dict for all envs",
+                    fix="call set_options(dict) with one dict",
+                )
+            options = dict(first)
+        obs, infos = self.venv.reset(seed=seeds, options=options)
+        self.reset_infos = unbatch_infos(infos, self.num_envs)
+        self._reset_seeds()
+        self._reset_options()
+        return obs
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = np.asarray(actions)
+
+    def step_wait(self) -> VecEnvStepReturn:
+        if self._actions is None:
+            raise EnvStateError("step_wait() without step_async()", fix="call step(actions)")
+        actions, self._actions = self._actions, None
+        obs, rewards, terminated, truncated, infos = self.venv.step(actions)
+        dones = np.logical_or(terminated, truncated)
+        per_env = unbatch_infos(infos, self.num_envs)
+        for i in range(self.num_envs):
+            per_env[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
+        if dones.any():
+            for i in np.flatnonzero(dones).tolist():
+                per_env[i]["terminal_observation"] = obs[i].copy()
+            obs, reset_infos = self.venv.reset(options={"reset_mask": dones.copy()})
+            fresh = unbatch_infos(reset_infos, self.num_envs)
+            for i in np.flatnonzero(dones).tolist():
+                self.reset_infos[i] = fresh[i]
+        return obs, rewards.astype(np.float32), dones, per_env
+
+    def close(self) -> None:
+        self.venv.close()
+
+    def _indices(self, indices: VecEnvIndices) -> list[int]:
+        return list(self._get_indices(indices))
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        value = getattr(self.venv, attr_name)
+        return [value for _ in self._indices(indices)]
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        setattr(self.venv, attr_name, value)
+
+    def env_method(
+        self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **kwargs: Any
+    ) -> list[Any]:
+        result = getattr(self.venv, method_name)(*method_args, **kwargs)
+        return [result for _ in self._indices(indices)]
+
+    def env_is_wrapped(self, wrapper_class: type, indices: VecEnvIndices = None) -> list[bool]:
+        return [False for _ in self._indices(indices)]
+
+    def get_images(self) -> Sequence[np.ndarray | None]:
+        if self.render_mode != "rgb_array":
+            return [None] * self.num_envs
+        return list(self.venv.render())
+
+
+class CodeChoiceWrapper(gym.Wrapper):
+    """``MultiDiscrete([K] * h * w)`` actions: per latent cell, the rank (0 = nearest) of the
+    code to use among the K codes nearest to a base intention.
+
+    The base intention is ``base_policy(observation) -> action [D, h, w]`` in [-1, 1] (default:
+    zeros, the centre of the codebook's range). The chosen code indices are stepped with
+    :meth:`ForecastEnv.step_codes` of the wrapped (unwrapped) env; ``info["code_indices"]``
+    holds them ``[h, w]``.
+    """
+
+    def __init__(
+        self,
+        env: gym.Env,
+        k: int = 4,
+        base_policy: Callable[[np.ndarray], Any] | None = None,
+    ) -> None:
+        super().__init__(env)
+        inner = env.unwrapped
+        if not isinstance(inner, ForecastEnv):
+            raise ConfigError(
+                f"CodeChoiceWrapper wraps a ForecastEnv, got {type(inner).__name__}",
+                fix="wrap gym.make('SFP-SEVIR-v0') or ForecastEnv(...)",
+            )
+        e = inner.world_model.config.codebook_size
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= e:
+            raise ConfigError(
+                f"CodeChoiceWrapper: k must be an integer in [1, {e}] (the codebook size), "
+                f"got {k!r}",
+                fix="use e.g. k=4",
+            )
+        if base_policy is not None and not callable(base_policy):
+            raise ConfigError(
+                f"base_policy must be callable obs -> action, got {type(base_policy).__name__}",
+                fix="pass a function or leave it None",
+            )
+        self.forecast_env: ForecastEnv = inner
+        self.k = int(k)
+        self.base_policy = base_policy
+        _, self._h, self._w = inner.core.latent_shape
+        self.action_space = spaces.MultiDiscrete(np.full(self._h * self._w, self.k))
+        self._obs: np.ndarray | None = None
+
+    def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        obs, info = self.env.reset(**kwargs)
+        self._obs = obs
+        return obs, info
+
+    @torch.no_grad()
+    def candidates(self, observation: np.ndarray) -> torch.Tensor:
+        """Code indices ``[K, h, w]`` nearest (rank 0 first) to the base intention."""
+        core = self.forecast_env.core
+        if self.base_policy is None:
+            base = np.zeros(core.latent_shape, dtype=np.float32)
+        else:
+            base = as_action_array(self.base_policy(observation), core.latent_shape, "base action")
+        latent = core.world_model.action_to_latent(torch.from_numpy(base).to(core.device)[None])
+        indices, _ = core.world_model.nearest(latent, self.k)
+        return indices[0]
+
+    def _choices(self, action: Any) -> np.ndarray:
+        arr = np.asarray(action)
+        n = self._h * self._w
+        if arr.dtype.kind not in "iu" or arr.shape != (n,):
+            raise ActionError(
+                f"code choices: expected {n} integers in [0, {self.k}), received dtype "
+                f"{arr.dtype} and shape {list(arr.shape)}",
+                fix="pass action_space.sample()-like arrays",
+            )
+        if arr.min() < 0 or arr.max() >= self.k:
+            raise ActionError(
+                f"code choices: expected values in [0, {self.k}), received range "
+                f"[{arr.min()}, {arr.max()}]",
+                fix=f"choose ranks below k={self.k}",
+            )
+        return arr.astype(np.int64)
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self._obs is None:
+            raise EnvStateError("step() called before reset()", fix="call env.reset() first")
+        choice = self._choices(action)
+        cand = self.candidates(self._obs)  # [K, h, w]
+        ranks = torch.as_tensor(choice, device=cand.device).view(1, self._h, self._w)
+        codes = cand.gather(0, ranks)[0]  # [h, w]
+        obs, reward, terminated, truncated, info = self.forecast_env.step_codes(codes)
+        info["code_indices"] = codes.cpu().numpy()
+        self._obs = obs
+        return obs, reward, terminated, truncated, info

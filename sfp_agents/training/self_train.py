@@ -1,0 +1,426 @@
+"""``sfp train-agent``: Stage 2, self-train an SFP agent (or its supervised baseline).
+
+One optimizer step is one *round* on a batch ``(context [B, T_in, C, H, W], truth [B, T_out, C,
+H, W])``:
+
+1. the policy proposes intentions ``[B, S, D, h, w]`` (one latent per chunk of ``T_f`` frames)
+   and decodes them through the frozen world model into its forecast ``[B, T_out, C, H, W]``;
+2. the planner searches the world model's imagined futures around the intentions (detached: no
+   gradient flows into planning), scoring each chunk with the task reward against the truth;
+3. the best imagined future is the pseudo-label, and the loss is::
+
+       loss.pseudo_label * MSE(forecast, plan.best_future)
+       + loss.anchor * MSE(forecast, truth) + loss.latent * MSE(intentions, plan.latents)
+
+Mode ``baseline`` trains :class:`SupervisedForecaster` on the same backbone (same seed, hence the
+same initial backbone weights), the same data order, epochs and optimizer, with
+``MSE(forecast, truth)``. Each process plans its own shard of every batch (the data loader is
+sharded by Accelerate).
+
+Logged per step (TensorBoard ``train/...``): the loss terms, ``reward_pseudo`` (the plan's total
+reward, the sum of its chunk rewards), ``reward_forecast`` (the agent's own forecast scored the
+same way) and their difference ``reward_gain``. Every ``train.val_every`` epochs the task's
+metric suite runs on the validation split (``val/<key>``, see
+:func:`sfp_agents.training.evaluate.suite_metrics`); the best ``val/<domain metric>`` of the task
+(``TaskSpec.domain_metric`` / ``domain_mode``) is kept as ``run_dir/best/agent.pt``
+(:func:`sfp_agents.policies.checkpoint.save_agent`). Run directory, resumption, NaN guard and
+progress bar come from :mod:`sfp_agents.training.runner`.
+
+Usage::
+
+    sfp train-agent --config sevir                         # configs/agent_sevir.yaml, mode sfp
+    sfp train-agent --config sevir --mode baseline train.epochs=2
+    sfp train-agent --config sevir --resume                # continue the run in its run_dir
+    accelerate launch -m sfp_agents train-agent --config nse
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator, PartialState
+from torch import Tensor, nn
+from torch.utils.data import Dataset, Subset
+
+from sfp_env.envs.forecast_env import resolve_world_model
+from sfp_env.envs.tasks import TaskSpec
+from sfp_env.errors import ConfigError, TrainingError
+from sfp_env.metrics.rewards import Reward, get_reward
+from sfp_env.registry import Registry
+
+from sfp_agents.agent_config import AGENT_MODES, RESUMABLE_KEYS, AgentRunConfig, SFPLossConfig
+from sfp_agents.config import load_config, shipped_configs
+from sfp_agents.planners import Planner, get_planner
+from sfp_agents.planners.base import check_frozen
+from sfp_agents.policies.checkpoint import build_policy, policy_arch, save_agent
+from sfp_agents.training.evaluate import (
+    check_windows,
+    suite_metrics,
+    task_dataset,
+    task_suite,
+)
+from sfp_agents.training.runner import (
+    RunDirectory,
+    TrainState,
+    Trainer,
+    build_optimizer,
+    build_scheduler,
+    make_loader,
+    start_run,
+)
+
+__all__ = [
+    "BEST_FILE",
+    "TrainResult",
+    "IntentionForecaster",
+    "SFPObjective",
+    "TRAINING_MODES",
+    "chunk_rewards",
+    "train_agent",
+    "configure",
+    "run",
+]
+
+#: file name of the best agent inside ``run_dir/best/``
+BEST_FILE = "agent.pt"
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_agent` returns.
+
+    Attributes:
+        run_dir: the run directory.
+        best_checkpoint: ``run_dir/best/agent.pt`` (best validation domain metric).
+        history: one dict per validated epoch: ``epoch``, ``step``, mean train losses
+            ``train/<term>`` over the epoch, and validation metrics ``val/<key>``.
+        wall_time_s: training time (summed over resumed sessions).
+        steps: optimizer steps done.
+        best_metric: the key that picked the best checkpoint (``val/csi_m``, ...), with
+            ``best_value`` its value (None if never finite).
+    """
+
+    run_dir: Path
+    best_checkpoint: Path
+    history: list[dict[str, Any]]
+    wall_time_s: float
+    steps: int = 0
+    best_metric: str = ""
+    best_value: float | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# the round
+# --------------------------------------------------------------------------------------------
+def chunk_rewards(reward: Callable[[Tensor, Tensor], Tensor], forecast: Tensor, truth: Tensor,
+                  chunk_frames: int) -> Tensor:
+    """Reward of every chunk, ``[B, S]``, in one batched call (as planners score paths).
+
+    ``forecast`` and ``truth`` are ``[B, S * T_f, C, H, W]``; chunk ``s`` is frames
+    ``[s T_f, (s + 1) T_f)``.
+    """
+    b, t = forecast.shape[:2]
+    if t % chunk_frames or truth.shape != forecast.shape:
+        raise ConfigError(
+            f"chunk_rewards: forecast {list(forecast.shape)} and truth {list(truth.shape)} "
+            f"are not whole chunks of {chunk_frames} frames",
+            fix="pass forecast and truth [B, S * T_f, C, H, W] of the same shape",
+        )
+    s = t // chunk_frames
+    rest = forecast.shape[2:]
+    scores = reward(forecast.reshape(b * s, chunk_frames, *rest),
+                    truth.reshape(b * s, chunk_frames, *rest))
+    return scores.view(b, s)
+
+
+class IntentionForecaster(nn.Module):
+    """Wraps a :class:`ForecasterPolicy` so one ``forward`` returns both the forecast
+    ``[B, T_out, C, H, W]`` and the intentions ``[B, S, D, h, w]`` it was decoded from (one
+    backbone pass; a single forward call is what DDP synchronizes)."""
+
+    def __init__(self, policy: nn.Module) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        intentions = self.policy.intentions(context)
+        return self.policy.decode(context, intentions, quantize=True), intentions
+
+
+class SFPObjective:
+    """The self-training loss of one round (see the module docstring).
+
+    Args:
+        planner: searches around the (detached) intentions.
+        world_model: the frozen world model (refused otherwise, here and at every call).
+        reward: task reward ``fn(pred [N, T, C, H, W], truth) -> [N]``.
+        weights: the three loss weights.
+    """
+
+    def __init__(self, planner: Planner, world_model: Any, reward: Reward,
+                 weights: SFPLossConfig) -> None:
+        check_frozen(world_model)
+        self.planner = planner
+        self.world_model = world_model
+        self.reward = reward
+        self.weights = weights
+        self.chunk_frames = int(world_model.config.chunk_frames)
+
+    def __call__(self, model: nn.Module, context: Tensor, truth: Tensor) -> dict[str, Tensor]:
+        """``model(context) -> (forecast, intentions)`` (an :class:`IntentionForecaster`,
+        possibly DDP-wrapped); returns ``{"loss": ..., terms and rewards}``."""
+        check_frozen(self.world_model)
+        forecast, intentions = model(context)
+        plan = self.planner.plan(context, intentions.detach(), self.world_model, self.reward,
+                                 truth)
+        pseudo = plan.best_future.detach()
+        w = self.weights
+        pseudo_mse = F.mse_loss(forecast, pseudo)
+        anchor_mse = F.mse_loss(forecast, truth)
+        latent_mse = F.mse_loss(intentions, plan.latents.detach())
+        loss = w.pseudo_label * pseudo_mse + w.anchor * anchor_mse + w.latent * latent_mse
+        with torch.no_grad():
+            own = chunk_rewards(self.reward, forecast.detach(), truth, self.chunk_frames).sum(1)
+            reward_pseudo = plan.total_reward.mean()
+            reward_forecast = own.mean()
+        return {
+            "loss": loss,
+            "pseudo_mse": pseudo_mse.detach(),
+            "anchor_mse": anchor_mse.detach(),
+            "latent_mse": latent_mse.detach(),
+            "reward_pseudo": reward_pseudo,
+            "reward_forecast": reward_forecast,
+            "reward_gain": reward_pseudo - reward_forecast,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# modes: how each mode turns a built policy into the trained module and its step
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ModeSetup:
+    """The module the Trainer optimizes and ``step(model, context, truth) -> logs``."""
+
+    model: nn.Module
+    step: Callable[[nn.Module, Tensor, Tensor], Mapping[str, Tensor]]
+
+
+def _sfp_mode(config: AgentRunConfig, policy: nn.Module, world_model: Any,
+              reward: Reward) -> ModeSetup:
+    planner = get_planner(config.planner.name, **dict(config.planner.kwargs))
+    return ModeSetup(IntentionForecaster(policy),
+                     SFPObjective(planner, world_model, reward, config.loss))
+
+
+def _baseline_mode(config: AgentRunConfig, policy: nn.Module, world_model: Any,
+                   reward: Reward) -> ModeSetup:
+    chunk = int(config.task_spec.chunk_frames)
+
+    def step(model: nn.Module, context: Tensor, truth: Tensor) -> dict[str, Tensor]:
+        forecast = model(context)
+        mse = F.mse_loss(forecast, truth)
+        with torch.no_grad():
+            own = chunk_rewards(reward, forecast.detach(), truth, chunk).sum(1).mean()
+        return {"loss": mse, "anchor_mse": mse.detach(), "reward_forecast": own}
+
+    return ModeSetup(policy, step)
+
+
+#: mode -> ``fn(config, policy, world_model, reward) -> ModeSetup``
+TRAINING_MODES: Registry[Callable[..., ModeSetup]] = Registry("training_mode")
+TRAINING_MODES.register("sfp", _sfp_mode)
+TRAINING_MODES.register("baseline", _baseline_mode)
+
+
+def _policy_of(model: nn.Module) -> nn.Module:
+    return model.policy if isinstance(model, IntentionForecaster) else model
+
+
+# --------------------------------------------------------------------------------------------
+# the run
+# --------------------------------------------------------------------------------------------
+def _limit(dataset: Dataset, limit: int | None) -> Dataset:
+    if limit is None or limit >= len(dataset):  # type: ignore[arg-type]
+        return dataset
+    return Subset(dataset, range(limit))
+
+
+def _task_reward(config: AgentRunConfig, spec: TaskSpec, dataset: Dataset) -> Reward:
+    """The planning reward: ``config.reward`` or the task's (with its data-dependent options)."""
+    if config.reward is None:
+        options = {**spec.reward_options(dataset), **dict(config.reward_kwargs)}
+        return get_reward(spec.reward, **options)
+    return get_reward(config.reward, **dict(config.reward_kwargs))
+
+
+def train_agent(
+    config: AgentRunConfig,
+    resume: bool = False,
+    accelerator: Accelerator | None = None,
+    *,
+    cpu: bool = False,
+    tensorboard: bool = True,
+    progress: bool = True,
+) -> TrainResult:
+    """Self-train an agent (``config.mode == "sfp"``) or its baseline; see the module docstring.
+
+    Args:
+        config: the run (:class:`sfp_agents.agent_config.AgentRunConfig`).
+        resume: continue from the run dir's latest saved state (same step, data order, RNG).
+        accelerator: use this Accelerator (e.g. under ``debug_launcher``); not ended here.
+        cpu: force the CPU; tensorboard: write logs under ``run_dir/logs/agent``;
+        progress: show the progress bar (main process).
+
+    Raises:
+        ConfigError: bad config, a world model that does not fit the task, an unfrozen world
+            model, or a run dir holding another run.
+        TrainingError: a non-finite loss or gradient (names the step and batch; the last saved
+            state and best checkpoint are left intact), or no finite validation metric.
+    """
+    if not isinstance(config, AgentRunConfig):
+        raise ConfigError(
+            f"train_agent(config): expected an AgentRunConfig, got {type(config).__name__}",
+            fix="load it with load_config(AgentRunConfig, name_or_path, overrides)",
+        )
+    spec = config.task_spec
+    train_cfg = config.train
+    run_dir = RunDirectory(config.resolved_run_dir, config, resumable=RESUMABLE_KEYS)
+    acc = start_run(run_dir, resume=resume, seed=train_cfg.seed, cpu=cpu,
+                    tensorboard=tensorboard, accelerator=accelerator, project_name="agent")
+
+    with acc.main_process_first():
+        train_full = task_dataset(spec, "train", config.data_root, config.data_kwargs)
+        val_full = task_dataset(spec, "val", config.data_root, config.data_kwargs)
+    frame_shape = check_windows(spec, train_full, "train")
+    if check_windows(spec, val_full, "val") != frame_shape:
+        raise ConfigError(
+            f"task {spec.name!r}: train and val frames differ in shape",
+            fix="use one data root whose splits share the grid",
+        )
+    train_set = _limit(train_full, train_cfg.limit_train_samples)
+    val_set = _limit(val_full, train_cfg.limit_val_samples)
+
+    _, height, width = frame_shape
+    world_model = resolve_world_model(config.world_model, spec, height, width,
+                                      torch.device("cpu"))
+    arch = policy_arch(
+        config.backbone.name, config.backbone.kwargs,
+        in_frames=spec.in_frames, out_frames=spec.out_frames, chunk_frames=spec.chunk_frames,
+        frame_shape=frame_shape, downsample=int(world_model.config.downsample),
+        seed=train_cfg.seed,
+    )
+    policy = build_policy(config.mode, arch, world_model)
+    reward = _task_reward(config, spec, train_full)
+    setup = TRAINING_MODES.get(config.mode)(config, policy, world_model, reward)
+    suite = task_suite(spec, val_full)
+
+    trainer = Trainer(
+        acc,
+        run_dir,
+        model=setup.model,
+        optimizer=build_optimizer(setup.model.parameters(), config.optim),
+        train_loader=make_loader(train_set, train_cfg.batch_size, seed=train_cfg.seed,
+                                 num_workers=train_cfg.num_workers),
+        scheduler=lambda opt, total: build_scheduler(opt, config.optim, total),
+        epochs=train_cfg.epochs,
+        max_steps=train_cfg.max_steps,
+        save_every=train_cfg.save_every,
+        keep_last=train_cfg.keep_last,
+        grad_clip=config.optim.grad_clip,
+        best_metric=f"val/{spec.domain_metric}",
+        best_mode=spec.domain_mode,  # type: ignore[arg-type]
+        val_every=train_cfg.val_every,
+        log_every=train_cfg.log_every,
+        progress=progress,
+    )
+
+    def train_step(batch: Any) -> Mapping[str, Tensor]:
+        context, truth = batch[0].float(), batch[1].float()
+        return setup.step(trainer.model, context, truth)
+
+    def validate(state: TrainState) -> dict[str, float]:
+        agent = _policy_of(acc.unwrap_model(trainer.model))
+        metrics = suite_metrics(
+            acc, agent.forecast, val_set, suite,
+            batch_size=train_cfg.val_batch_size or train_cfg.batch_size,
+            num_workers=train_cfg.num_workers,
+        )
+        return {f"val/{k}": v for k, v in metrics.items()}
+
+    def on_best(directory: Path, state: TrainState, metrics: Mapping[str, float]) -> None:
+        agent = _policy_of(acc.unwrap_model(trainer.model))
+        save_agent(directory / BEST_FILE, agent, config,
+                   {**metrics, "step": state.step, "epoch": state.epoch})
+
+    result = trainer.fit(train_step, validate=validate, on_best=on_best, resume=resume)
+    best_path = run_dir.best_dir / BEST_FILE
+    if not best_path.is_file():
+        raise TrainingError(
+            f"no validation pass gave a finite val/{spec.domain_metric}, so "
+            f"{str(best_path)!r} was not written",
+            fix="inspect the history / TensorBoard logs; check the data (events above the "
+            "thresholds?) or lower optim.lr",
+        )
+    if accelerator is None:
+        acc.end_training()
+    return TrainResult(
+        run_dir=run_dir.path,
+        best_checkpoint=best_path,
+        history=list(result.history),
+        wall_time_s=result.wall_time_s,
+        steps=result.state.step,
+        best_metric=f"val/{spec.domain_metric}",
+        best_value=result.state.best_metric,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------------
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``sfp train-agent``."""
+    try:
+        shipped = ", ".join(shipped_configs(AgentRunConfig))
+    except ConfigError:
+        shipped = "(none)"
+    parser.add_argument("--config", required=True, metavar="NAME|PATH",
+                        help=f"shipped config name ({shipped or 'none'}) or a YAML file")
+    parser.add_argument("--mode", choices=AGENT_MODES, default=None,
+                        help="sfp (self-training with planning) or baseline (MSE); default: "
+                        "the config's")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in run_dir from its latest saved state")
+    parser.add_argument("--run-dir", metavar="PATH",
+                        help="output folder (default: the config's, else runs/agent_<task>_<mode>)")
+    parser.add_argument("--cpu", action="store_true", help="train on the CPU")
+    parser.add_argument("--no-tensorboard", action="store_true",
+                        help="do not write TensorBoard logs")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides, e.g. train.epochs=3 planner.kwargs.beam_width=2")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``sfp train-agent``; prints the best checkpoint and the per-epoch history."""
+    overrides = list(args.overrides) + ([f"mode={args.mode}"] if args.mode else [])
+    config = load_config(AgentRunConfig, args.config, overrides)
+    if args.run_dir:
+        config = dataclasses.replace(config, run_dir=str(args.run_dir))
+    result = train_agent(config, resume=args.resume, cpu=args.cpu,
+                         tensorboard=not args.no_tensorboard, progress=not args.no_progress)
+    if PartialState().is_main_process:
+        key = result.best_metric
+        for entry in result.history:
+            val = entry.get(key)
+            print(f"epoch {entry['epoch']}: step {entry['step']} "
+                  f"train/loss {entry.get('train/loss', float('nan')):.5g} "
+                  f"{key} {val if val is None else format(val, '.5g')}")
+        print(f"best {key} = {result.best_value} -> {result.best_checkpoint}")
+    return 0

@@ -1,0 +1,209 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sfp_env.errors import ConfigError, ShapeError
+from sfp_env.world_model import GenerativeWorldModel, WorldModelConfig
+
+
+def _latent(model: GenerativeWorldModel, b: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(b, *model.latent_shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_shapes(tiny_model, frames):
+    m = tiny_model
+    assert m.latent_shape == (4, 4, 4)
+    ctx, tgt = frames(2, 3), frames(2, 2, seed=1)
+    z = m.encode(tgt)
+    assert z.shape == (2, 4, 4, 4)
+    idx, d2 = m.nearest(z, 3)
+    assert idx.shape == (2, 3, 4, 4) and idx.dtype == torch.long and d2.shape == (2, 3, 4, 4)
+    assert torch.all(d2[:, 1:] >= d2[:, :-1])  # nearest first
+    assert m.codes(idx).shape == (2, 3, 4, 4, 4)
+    assert m.quantize(z, 3).shape == (2, 3, 4, 4, 4)
+    assert m.decode(z, ctx).shape == (2, 2, 1, 16, 16)
+    assert m.imagine(ctx, z).shape == (2, 5, 2, 1, 16, 16)  # default k = config.top_k
+    feats = m.context_features(ctx)
+    assert [f.shape[-1] for f in feats] == [16, 8, 4]  # H, H/2, H/4
+    recon, vq_loss, stats = m(ctx, tgt)
+    assert recon.shape == tgt.shape and vq_loss.dim() == 0 and "perplexity" in stats
+
+
+def test_quantize_picks_kth_nearest_code(tiny_model):
+    z = _latent(tiny_model, 2)
+    q = tiny_model.quantize(z, 4)
+    codebook = tiny_model.quantizer.codebook
+    for b in range(2):
+        for i in range(4):
+            for j in range(4):
+                order = torch.argsort(((z[b, :, i, j] - codebook) ** 2).sum(1))[:4]
+                torch.testing.assert_close(q[b, :, :, i, j], codebook[order])
+
+
+def test_imagine_gives_k_distinct_futures_and_candidate0_is_top1(tiny_model, frames):
+    m = tiny_model
+    ctx, z = frames(3, 3), _latent(m, 3)
+    futures = m.imagine(ctx, z, 4)
+    for a in range(4):
+        for b in range(a + 1, 4):
+            assert not torch.allclose(futures[:, a], futures[:, b])
+    top1 = m.decode(m.quantize(z, 1)[:, 0], ctx)
+    torch.testing.assert_close(futures[:, 0], top1, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(m.imagine(ctx, z, 1)[:, 0], top1, atol=1e-5, rtol=1e-5)
+
+
+def test_imagine_batched_equals_per_sample(tiny_model, frames):
+    m = tiny_model
+    ctx, z = frames(3, 3), _latent(m, 3)
+    batched = m.imagine(ctx, z, 3)
+    single = torch.cat([m.imagine(ctx[i:i + 1], z[i:i + 1], 3) for i in range(3)])
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
+
+
+def test_decode_candidates_matches_decode(tiny_model, frames):
+    m = tiny_model
+    ctx = frames(2, 3)
+    latents = torch.randn(2, 3, *m.latent_shape, generator=torch.Generator().manual_seed(2))
+    out = m.decode_candidates(ctx, latents)
+    assert out.shape == (2, 3, 2, 1, 16, 16)
+    for n in range(3):
+        torch.testing.assert_close(out[:, n], m.decode(latents[:, n], ctx), atol=1e-5, rtol=1e-5)
+    # the context matters for a conditional model
+    assert not torch.allclose(out, m.decode_candidates(frames(2, 3, seed=9), latents))
+
+
+def test_unconditional_model_decodes_without_context(frames):
+    cfg = WorldModelConfig(in_frames=0, chunk_frames=1, channels=3, height=16, width=32,
+                           latent_dim=4, codebook_size=16, hidden=8, top_k=4, conditional=False,
+                           output_activation="sigmoid")
+    m = GenerativeWorldModel(cfg).eval()
+    assert m.context_encoder is None and m.context_features(None) is None
+    x = frames(2, 1, c=3, w=32)
+    recon, _, _ = m(None, x)
+    assert recon.shape == x.shape and recon.min() >= 0 and recon.max() <= 1
+    futures = m.imagine(None, m.encode(x), 4)
+    assert futures.shape == (2, 4, 1, 3, 16, 32)
+    torch.testing.assert_close(m.decode(m.encode(x), None), m.decode(m.encode(x), x))
+
+
+def test_latent_scaling_round_trip(tiny_model):
+    m = tiny_model
+    codebook = m.quantizer.codebook
+    torch.testing.assert_close(m.latent_centre, codebook.mean(0))
+    action = torch.rand(2, *m.latent_shape, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    torch.testing.assert_close(m.latent_to_action(m.action_to_latent(action)), action)
+    # every code is inside the action box; out-of-range actions are clipped
+    all_codes = codebook.view(2, 4, 4, 4).permute(0, 3, 1, 2)  # the 32 codes as 2 latents
+    torch.testing.assert_close(
+        m.action_to_latent(m.latent_to_action(all_codes)), all_codes
+    )  # no code is clipped: the action box covers the codebook
+    big = torch.full((1, *m.latent_shape), 5.0)
+    torch.testing.assert_close(m.action_to_latent(big), m.action_to_latent(torch.ones_like(big)))
+    assert torch.all(m.latent_to_action(m.action_to_latent(big) * 100).abs() <= 1)
+    # the extremes of each channel map to +-1 exactly
+    extreme = (codebook - m.latent_centre).abs().argmax(0)
+    for d in range(4):
+        lat = torch.zeros(1, *m.latent_shape) + m.latent_centre.view(1, 4, 1, 1)
+        lat[0, d] = codebook[extreme[d], d]
+        assert m.latent_to_action(lat)[0, d].abs().max().item() == pytest.approx(1.0)
+
+
+def test_refresh_latent_scale_follows_codebook(tiny_model):
+    m = tiny_model
+    m.quantizer.set_codebook(m.quantizer.codebook * 3 + 1)
+    m.refresh_latent_scale()
+    torch.testing.assert_close(m.latent_centre, m.quantizer.codebook.mean(0))
+    torch.testing.assert_close(
+        m.latent_half_range, (m.quantizer.codebook - m.latent_centre).abs().amax(0)
+    )
+
+
+def test_freeze(tiny_model, frames):
+    m = tiny_model.train()
+    assert not m.is_frozen
+    m.freeze()
+    assert m.is_frozen and not m.training
+    assert all(not p.requires_grad for p in m.parameters())
+    torch.nn.Sequential(m).train()  # a parent's train() keeps it frozen in eval mode
+    assert not m.training and not m.quantizer.training
+    before = m.quantizer.codebook.clone()
+    m(frames(2, 3), frames(2, 2, seed=1))
+    assert torch.equal(before, m.quantizer.codebook)
+
+
+def test_init_is_seeded_and_leaves_global_rng_alone(tiny_config):
+    state = torch.random.get_rng_state()
+    a, b = GenerativeWorldModel(tiny_config), GenerativeWorldModel(tiny_config)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert a.fingerprint() == b.fingerprint()
+    c = GenerativeWorldModel(tiny_config.replace(seed=1))
+    assert c.fingerprint() != a.fingerprint()
+
+
+@pytest.mark.parametrize(
+    ("which", "shape", "match"),
+    [
+        ("context", (2, 3, 1, 16), "rank 5"),
+        ("context", (2, 4, 1, 16, 16), r"T \(axis 1\) expected 3, received 4"),
+        ("context", (2, 3, 2, 16, 16), r"C \(axis 2\) expected 1, received 2"),
+        ("context", (2, 3, 1, 16, 8), r"W \(axis 4\) expected 16, received 8"),
+        ("target", (2, 3, 1, 16, 16), r"T \(axis 1\) expected 2, received 3"),
+        ("target", (2, 2, 1, 12, 16), r"H \(axis 3\) expected 16, received 12"),
+    ],
+)
+def test_shape_errors_name_expected_and_received(tiny_model, frames, which, shape, match):
+    args = {"context": frames(2, 3), "target": frames(2, 2)}
+    args[which] = torch.zeros(shape)
+    with pytest.raises(ShapeError, match=match) as info:
+        tiny_model(args["context"], args["target"])
+    assert which in str(info.value) and info.value.fix
+
+
+def test_input_errors(tiny_model, frames):
+    m = tiny_model
+    ctx, z = frames(2, 3), _latent(m, 2)
+    bad = ctx.clone()
+    bad[0, 0, 0, 0, 0] = float("nan")
+    with pytest.raises(ShapeError, match="NaN"):
+        m.decode(z, bad)
+    with pytest.raises(ShapeError, match="NaN"):
+        m.imagine(ctx, z * float("inf"), 2)
+    with pytest.raises(ShapeError, match="needs"):
+        m.decode(z, None)
+    with pytest.raises(ShapeError, match=r"D \(axis 1\) expected 4"):
+        m.nearest(torch.zeros(2, 5, 4, 4))
+    with pytest.raises(ShapeError, match="dtype"):
+        m.decode(z.double(), ctx)
+    with pytest.raises(ConfigError, match="k must be"):
+        m.imagine(ctx, z, 33)
+    with pytest.raises(ConfigError, match="k must be"):
+        m.quantize(z, 0)
+    with pytest.raises(ShapeError, match="batch"):
+        m.decode_candidates(ctx, torch.zeros(3, 2, *m.latent_shape))
+    with pytest.raises(ShapeError, match=r"values must lie in \[0, 32\)"):
+        m.codes(torch.full((1, 4, 4), 32))
+    with pytest.raises(ShapeError, match="integer dtype"):
+        m.codes(torch.zeros(1, 4, 4))
+    with pytest.raises(ShapeError, match="D=4"):
+        m.action_to_latent(torch.zeros(2, 3, 4, 4))
+    with pytest.raises(ShapeError, match="NaN"):
+        m.latent_to_action(torch.full((1, 4, 4, 4), float("nan")))
+
+
+def test_a_few_steps_reduce_reconstruction_loss(tiny_config, frames):
+    m = GenerativeWorldModel(tiny_config.replace(output_activation="sigmoid")).train()
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    ctx, tgt = frames(4, 3), frames(4, 2, seed=1)
+    losses = []
+    for _ in range(25):
+        recon, vq_loss, _ = m(ctx, tgt)
+        loss = F.mse_loss(recon, tgt)
+        opt.zero_grad()
+        (loss + vq_loss).backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0]
+    assert all(p.grad is not None for p in m.target_encoder.parameters())
+    assert all(p.grad is not None for p in m.context_encoder.parameters())
