@@ -47,6 +47,7 @@ from sfp_agents.training.runner import (
     RunDirectory,
     TrainState,
     Trainer,
+    build_accelerator,
     build_optimizer,
     build_scheduler,
     evaluate_batches,
@@ -229,17 +230,11 @@ def pretrain(
     own_accelerator = accelerator is None
     train_cfg, model_cfg = config.train, config.model
     run_dir = RunDirectory(config.run_dir, config)
-    acc = start_run(
-        run_dir,
-        resume=resume,
-        seed=train_cfg.seed,
-        cpu=cpu,
-        tensorboard=tensorboard,
-        accelerator=accelerator,
-        project_name="gwm",
-    )
+    run_dir.check(resume)  # refuse a foreign run dir before any work
+    acc = accelerator or build_accelerator(run_dir.path, cpu=cpu, tensorboard=tensorboard)
     command = command or f"pretrain(load_config(GWMRunConfig, ...), resume={resume})"
 
+    # data first: a config that does not fit the data must not leave a run dir behind
     with acc.main_process_first():
         train_set = _build(config, "train")
         val_set = _build(config, "val")
@@ -248,6 +243,9 @@ def pretrain(
     if train_cfg.limit_train_samples is not None:
         train_set = Subset(train_set, range(min(len(train_set), train_cfg.limit_train_samples)))
     train_description = _describe(train_set)
+    start_run(run_dir, resume=resume, seed=train_cfg.seed, tensorboard=tensorboard,
+              accelerator=acc, project_name="gwm")
+    log_images = tensorboard and any(t.name == "tensorboard" for t in acc.trackers)
 
     model = GenerativeWorldModel(model_cfg)
     optimizer = build_optimizer(model.parameters(), config.optim)
@@ -294,7 +292,7 @@ def pretrain(
 
     def on_step_end(state: TrainState, logs: Mapping[str, float]) -> None:
         every = train_cfg.log_images_every
-        if tensorboard and every and state.step % every == 0 and acc.is_main_process:
+        if log_images and every and state.step % every == 0 and acc.is_main_process:
             image = sample_image(last_sample["context"], last_sample["truth"],
                                  last_sample["recon"])
             acc.get_tracker("tensorboard").log_images({"samples/train": image}, step=state.step)

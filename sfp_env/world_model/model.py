@@ -48,6 +48,7 @@ class GenerativeWorldModel(nn.Module):
 
     def __init__(self, config: WorldModelConfig | Mapping[str, Any]) -> None:
         super().__init__()
+        self._frozen = False
         if isinstance(config, Mapping):
             from sfp_env.config import from_dict
 
@@ -84,7 +85,6 @@ class GenerativeWorldModel(nn.Module):
         )
         self.register_buffer("latent_centre", torch.zeros(c.latent_dim))
         self.register_buffer("latent_half_range", torch.ones(c.latent_dim))
-        self._frozen = False
         self.refresh_latent_scale()
 
     # ------------------------------------------------------------------ properties

@@ -87,17 +87,20 @@ class TopKQuantizer(nn.Module):
         selected distances only.
         """
         self._check_k(k)
-        codebook = self.codebook.to(z.dtype)
-        c2 = (codebook * codebook).sum(1).unsqueeze(0)  # [1, E]
-        rows = max(1, self.chunk_elements // self.num_codes)
-        idx_chunks, dist_chunks = [], []
-        for start in range(0, z.shape[0], rows):  # chunks of cells, not a loop over samples
-            zc = z[start:start + rows]
-            partial = torch.addmm(c2, zc, codebook.t(), alpha=-2.0)  # ||c||^2 - 2 z.c  [n, E]
-            vals, idx = torch.topk(partial, k, dim=1, largest=False, sorted=True)
-            z2 = (zc * zc).sum(1, keepdim=True)
-            dist_chunks.append((vals + z2).clamp_min(0.0))
-            idx_chunks.append(idx)
+        # distances in the codebook's precision (float32), also under mixed-precision autocast
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            codebook = self.codebook
+            z = z.to(codebook.dtype)
+            c2 = (codebook * codebook).sum(1).unsqueeze(0)  # [1, E]
+            rows = max(1, self.chunk_elements // self.num_codes)
+            idx_chunks, dist_chunks = [], []
+            for start in range(0, z.shape[0], rows):  # chunks of cells, not samples
+                zc = z[start:start + rows]
+                partial = torch.addmm(c2, zc, codebook.t(), alpha=-2.0)  # ||c||^2 - 2 z.c
+                vals, idx = torch.topk(partial, k, dim=1, largest=False, sorted=True)
+                z2 = (zc * zc).sum(1, keepdim=True)
+                dist_chunks.append((vals + z2).clamp_min(0.0))
+                idx_chunks.append(idx)
         if len(idx_chunks) == 1:
             return idx_chunks[0], dist_chunks[0]
         if not idx_chunks:  # N == 0
@@ -130,13 +133,14 @@ class TopKQuantizer(nn.Module):
                 f"quantizer input: expected [B, D={self.dim}, h, w], received {list(z.shape)}",
                 fix="pass the encoder output (latent) of the world model",
             )
-        flat = z.detach().permute(0, 2, 3, 1).reshape(-1, self.dim)
+        flat = z.detach().permute(0, 2, 3, 1).reshape(-1, self.dim).to(self.codebook.dtype)
         if self.training and not bool(self.initialized):
             self._init_from_data(flat)
         idx, _ = self.nearest_flat(flat, 1)
         idx = idx[:, 0]
         b, _, h, w = z.shape
         z_q = self.lookup(idx).view(b, h, w, self.dim).permute(0, 3, 1, 2)
+        z_q = z_q.to(z.dtype)
         commit_mse = F.mse_loss(z, z_q.detach())
         loss = self.commitment * commit_mse
         counts = torch.bincount(idx, minlength=self.num_codes).to(flat.dtype)
