@@ -143,6 +143,7 @@ class TrainConfig:
         seed: seeds model init, data order and chunk sampling.
         num_workers: DataLoader worker processes.
         max_steps: stop after this many optimizer steps (None: ``epochs`` decide).
+        val_every: validate every this many epochs (and after the last step).
         log_every: log training scalars every this many steps.
         log_images_every: log a sample image (context | truth | recon) every this many steps
             (0: never).
@@ -159,6 +160,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     max_steps: int | None = None
+    val_every: int = 1
     log_every: int = 10
     log_images_every: int = 200
     val_batches: int | None = None
@@ -166,7 +168,7 @@ class TrainConfig:
     limit_train_samples: int | None = None
 
     def __post_init__(self) -> None:
-        positive = ("epochs", "batch_size", "save_every", "keep_last", "log_every")
+        positive = ("epochs", "batch_size", "save_every", "keep_last", "val_every", "log_every")
         for name in positive:
             value = getattr(self, name)
             _require("TrainConfig", name, _is_int(value) and value >= 1, value,

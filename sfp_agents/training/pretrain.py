@@ -45,8 +45,8 @@ from torch.utils.data import Dataset, Subset
 from sfp_agents.config import GWMRunConfig, load_config, shipped_configs
 from sfp_agents.training.runner import (
     RunDirectory,
-    TrainState,
     Trainer,
+    TrainState,
     build_accelerator,
     build_optimizer,
     build_scheduler,
@@ -264,6 +264,7 @@ def pretrain(
         grad_clip=config.optim.grad_clip,
         best_metric="val/mse",
         best_mode="min",
+        val_every=train_cfg.val_every,
         log_every=train_cfg.log_every,
         progress=progress,
     )
@@ -337,18 +338,21 @@ def pretrain(
             },
         )
 
-    result = trainer.fit(train_step, validate=validate, on_best=on_best,
-                         on_step_end=on_step_end, resume=resume)
-    best_path = run_dir.best_dir / BEST_FILE
-    if not best_path.is_file():
-        raise TrainingError(
-            f"no validation pass gave a finite val/mse, so {str(best_path)!r} was not written",
-            fix="inspect run_dir/logs for diverging losses; lower optim.lr or check the data",
-        )
-    if train_cfg.test_batches != 0:
-        _test_pass(config, acc, run_dir, best_path, per_sample_errors, result.state.step)
-    if own_accelerator:
-        acc.end_training()
+    try:
+        result = trainer.fit(train_step, validate=validate, on_best=on_best,
+                             on_step_end=on_step_end, resume=resume)
+        best_path = run_dir.best_dir / BEST_FILE
+        if not best_path.is_file():
+            raise TrainingError(
+                f"no validation pass gave a finite val/mse, so {str(best_path)!r} was not "
+                "written",
+                fix="inspect run_dir/logs for diverging losses; lower optim.lr or check the data",
+            )
+        if train_cfg.test_batches != 0:
+            _test_pass(config, acc, run_dir, best_path, per_sample_errors, result.state.step)
+    finally:
+        if own_accelerator:  # close TensorBoard writers (also when training stopped early)
+            acc.end_training()
     return best_path
 
 
@@ -364,7 +368,7 @@ def _test_pass(
     with acc.main_process_first():
         test_set = _build(config, "test")
     chunks = _check_data(config, test_set, "test")
-    wm = GenerativeWorldModel.from_pretrained(best_path, map_location=acc.device).eval()
+    wm = GenerativeWorldModel.from_pretrained(best_path).to(acc.device).eval()
     loader = acc.prepare(
         make_loader(test_set, config.train.batch_size, shuffle=False, drop_last=False,
                     num_workers=config.train.num_workers)

@@ -88,6 +88,7 @@ DEFAULT_RESUMABLE: tuple[str, ...] = (
     "train.max_steps",
     "train.save_every",
     "train.keep_last",
+    "train.val_every",
     "train.log_every",
     "train.log_images_every",
     "train.num_workers",
@@ -114,13 +115,14 @@ def step_generator(*keys: int, device: torch.device | str = "cpu") -> torch.Gene
 def _forked_rng(device: torch.device) -> Iterator[None]:
     """Run a block without changing the torch / numpy / python random streams."""
     devices = [device.index or 0] if device.type == "cuda" else []
-    np_state = np.random.get_state()
+    # the legacy global numpy stream is what Accelerate checkpoints, so fork exactly that one
+    np_state = np.random.get_state()  # noqa: NPY002
     py_state = random.getstate()
     with torch.random.fork_rng(devices=devices):
         try:
             yield
         finally:
-            np.random.set_state(np_state)
+            np.random.set_state(np_state)  # noqa: NPY002
             random.setstate(py_state)
 
 
@@ -821,7 +823,9 @@ class Trainer:
                 self._train_epoch(train_step, on_step_end, on_save, total, bar, started,
                                   elapsed_before)
                 complete = self.state.batch_in_epoch >= self.batches_per_epoch
-                last = self.state.step >= total or (complete and self.state.epoch + 1 >= self.epochs)
+                last = self.state.step >= total or (
+                    complete and self.state.epoch + 1 >= self.epochs
+                )
                 if complete or last:
                     metrics: dict[str, float] = {}
                     due = (self.state.epoch + 1) % self.val_every == 0

@@ -240,19 +240,22 @@ class GenerativeWorldModel(nn.Module):
         latents = self._check_tensor(
             latents, "latents", [("B", None), ("N", None), ("D", d), ("h", h), ("w", w)]
         )
-        b, n = latents.shape[:2]
+        if features is not None and features[0].shape[0] != latents.shape[0]:
+            raise ShapeError(
+                f"argument 'latents': batch {latents.shape[0]} does not match the context batch "
+                f"{features[0].shape[0]}",
+                fix="give one row of latents per context sample: [B, N, D, h, w]",
+            )
+        return self._decode(features, latents)
+
+    def _decode(self, features: ContextFeatures, latents: Tensor) -> Tensor:
+        """Unchecked decode of ``latents`` [B, N, D, h, w] -> [B, N, T_f, C, H, W]."""
+        b, n, d, h, w = latents.shape
         if features is not None:
-            if features[0].shape[0] != b:
-                raise ShapeError(
-                    f"argument 'latents': batch {b} does not match the context batch "
-                    f"{features[0].shape[0]}",
-                    fix="give one row of latents per context sample: [B, N, D, h, w]",
-                )
             features = [f.unsqueeze(1).expand(-1, n, *f.shape[1:]).reshape(b * n, *f.shape[1:])
                         for f in features]
-        out = self.decoder(latents.reshape(b * n, d, h, w), features)
+        out = self._activation(self.decoder(latents.reshape(b * n, d, h, w), features))
         c = self.config
-        out = self._activation(out)
         return out.view(b, n, c.chunk_frames, c.channels, c.height, c.width)
 
     def decode(self, latent: Tensor, context: Tensor | None) -> Tensor:
@@ -282,8 +285,14 @@ class GenerativeWorldModel(nn.Module):
         """
         features = self.context_features(context)
         latent = self.encode(target)
+        if features is not None and features[0].shape[0] != latent.shape[0]:
+            raise ShapeError(
+                f"arguments 'context' and 'target': batch sizes differ ({features[0].shape[0]} "
+                f"vs {latent.shape[0]})",
+                fix="pass one context per target sample",
+            )
         z_q, vq_loss, stats = self.quantizer(latent)
-        recon = self.decode_from_features(features, z_q.unsqueeze(1))[:, 0]
+        recon = self._decode(features, z_q.unsqueeze(1))[:, 0]
         return recon, vq_loss, stats
 
     def train(self, mode: bool = True) -> GenerativeWorldModel:

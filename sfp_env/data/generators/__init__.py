@@ -58,8 +58,23 @@ def sample_seed(seed: int, stream: str | int, index: int, salt: int = 0) -> int:
     different samples get independent, well-mixed streams and no global RNG state is used.
     ``salt`` separates independent uses within one sample (parameters vs noise, say).
     """
-    code = SPLITS[stream] if isinstance(stream, str) else int(stream)
-    entropy = [int(seed) & 0xFFFFFFFF, int(seed) >> 32 & 0xFFFFFFFF, code, int(index), int(salt)]
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(
+            f"seed must be a non-negative integer, got {seed!r}", fix="pass seed=0 (or 1, 2, ...)"
+        )
+    if isinstance(stream, str):
+        if stream not in SPLITS:
+            raise ConfigError(
+                f"unknown split {stream!r}; expected one of {list(SPLITS)}",
+                fix="pass split='train', 'val' or 'test'",
+            )
+        code = SPLITS[stream]
+    else:
+        code = int(stream)
+    parts = (int(seed), code, int(index), int(salt))
+    if any(p < 0 for p in parts[1:]):
+        raise ConfigError(f"stream, index and salt must be >= 0, got {parts[1:]}")
+    entropy = [parts[0] & 0xFFFFFFFF, parts[0] >> 32, *parts[1:]]
     state = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
     return int(state[0]) << 31 ^ int(state[1])
 

@@ -122,7 +122,8 @@ def _train(
 
 def _exp_avgs(trainer: Trainer) -> list[torch.Tensor]:
     states = trainer.optimizer.optimizer.state
-    return [states[p]["exp_avg"].clone() for g in trainer.optimizer.param_groups for p in g["params"]]
+    params = [p for group in trainer.optimizer.param_groups for p in group["params"]]
+    return [states[p]["exp_avg"].clone() for p in params]
 
 
 @pytest.mark.parametrize("stop", ["kill", "max_steps"])

@@ -207,3 +207,23 @@ def test_a_few_steps_reduce_reconstruction_loss(tiny_config, frames):
     assert losses[-1] < 0.6 * losses[0]
     assert all(p.grad is not None for p in m.target_encoder.parameters())
     assert all(p.grad is not None for p in m.context_encoder.parameters())
+
+
+def test_mixed_precision_autocast(tiny_model, frames):
+    m = tiny_model.train()
+    ctx, tgt = frames(2, 3), frames(2, 2, seed=1)
+    z = m.encode(tgt)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        recon, vq_loss, _ = m(ctx, tgt)
+        idx, d2 = m.nearest(z.detach(), 3)
+    assert torch.isfinite(recon).all() and torch.isfinite(vq_loss)
+    assert d2.dtype == torch.float32  # distances computed in float32 under autocast
+    torch.testing.assert_close(idx, m.nearest(z.detach(), 3)[0])
+
+
+def test_forward_batch_mismatch_leaves_codebook_alone(tiny_model, frames):
+    m = tiny_model.train()
+    before = m.quantizer.codebook.clone()
+    with pytest.raises(ShapeError, match="batch sizes differ"):
+        m(frames(3, 3), frames(2, 2))
+    assert torch.equal(before, m.quantizer.codebook)

@@ -1,0 +1,150 @@
+"""Data sources: a name -> ``build(split, root=None, **kwargs) -> Dataset`` registry.
+
+=========  ======================================  ==================================
+name       dataset                                 ``root=None`` means
+=========  ======================================  ==================================
+"sevir"    :class:`~sfp_env.data.sevir.SEVIRDataset`            embedded storms ("sevir")
+"nse"      :class:`~sfp_env.data.netcdf.NavierStokesDataset`    embedded Navier-Stokes ("nse")
+"mhw"      :class:`~sfp_env.data.climatology.MarineHeatwaveDataset`  embedded SST ("sst")
+"netcdf"   :class:`~sfp_env.data.netcdf.NetCDFFieldDataset`     (root required)
+=========  ======================================  ==================================
+
+Keyword arguments go to the dataset, except two that choose the embedded data when ``root`` is
+None: ``embedded_seed`` (default 0) and ``embedded`` (a mapping of generator parameters, e.g.
+``{"n_train": 16}``), passed to :func:`sfp_env.data.cache.ensure_embedded`.
+
+The "netcdf" source selects the split's files by year: pass ``split_years={"train": (1979,
+2015), "val": (2016, 2016), "test": (2017, 2018)}`` (inclusive ranges) or ``years=[...]``.
+
+Readers are imported when a source is built, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from sfp_env.errors import ConfigError
+from sfp_env.registry import Registry
+
+__all__ = ["DATA_SOURCES", "register_data_source", "build_dataset", "DataSourceBuilder"]
+
+#: ``build(split, root=None, **kwargs) -> Dataset``
+DataSourceBuilder = Callable[..., Dataset]
+
+#: name -> builder
+DATA_SOURCES: Registry[DataSourceBuilder] = Registry("data_source")
+
+
+def register_data_source(
+    name: str, builder: DataSourceBuilder, *, overwrite: bool = False
+) -> DataSourceBuilder:
+    """Register ``builder(split, root=None, **kwargs) -> Dataset`` under ``name``."""
+    if not callable(builder):
+        raise ConfigError(
+            f"data source {name!r}: builder must be callable, got {type(builder).__name__}",
+            fix="register a function build(split, root=None, **kwargs) -> Dataset",
+        )
+    DATA_SOURCES.register(name, builder, overwrite=overwrite)
+    return builder
+
+
+def build_dataset(
+    name: str, split: str, root: str | os.PathLike | None = None, **kwargs: Any
+) -> Dataset:
+    """Build the dataset of source ``name`` for ``split`` (unknown names raise RegistryError)."""
+    return DATA_SOURCES.get(name)(split, root, **kwargs)
+
+
+def _root_or_embedded(
+    generator: str, root: str | os.PathLike | None, kwargs: dict[str, Any]
+) -> Path:
+    """``root`` as a Path, or the cached embedded data of ``generator`` (generated once)."""
+    seed = kwargs.pop("embedded_seed", 0)
+    params = kwargs.pop("embedded", None) or {}
+    if not isinstance(params, Mapping):
+        raise ConfigError(
+            f"embedded= must be a mapping of {generator!r} generator parameters, got {params!r}",
+            fix="pass embedded={'n_train': 16} (or leave it out)",
+        )
+    if root is not None:
+        if params or seed != 0:
+            raise ConfigError(
+                f"embedded/embedded_seed only apply when root is None; got root={str(root)!r}",
+                fix="drop embedded=/embedded_seed=, or pass root=None for the embedded data",
+            )
+        return Path(root).expanduser()
+    from sfp_env.data.cache import ensure_embedded
+
+    return ensure_embedded(generator, seed, **dict(params))
+
+
+def _sevir(split: str, root: str | os.PathLike | None = None, **kwargs: Any) -> Dataset:
+    from sfp_env.data.sevir import SEVIRDataset
+
+    return SEVIRDataset(_root_or_embedded("sevir", root, kwargs), split, **kwargs)
+
+
+def _nse(split: str, root: str | os.PathLike | None = None, **kwargs: Any) -> Dataset:
+    from sfp_env.data.netcdf import NavierStokesDataset
+
+    return NavierStokesDataset(_root_or_embedded("nse", root, kwargs), split, **kwargs)
+
+
+def _mhw(split: str, root: str | os.PathLike | None = None, **kwargs: Any) -> Dataset:
+    from sfp_env.data.climatology import MarineHeatwaveDataset
+
+    return MarineHeatwaveDataset(_root_or_embedded("sst", root, kwargs), split, **kwargs)
+
+
+def _netcdf(split: str, root: str | os.PathLike | None = None, **kwargs: Any) -> Dataset:
+    from sfp_env.data.netcdf import NetCDFFieldDataset
+
+    if root is None:
+        raise ConfigError(
+            "data source 'netcdf' needs root= (there is no embedded netCDF climate data)",
+            fix="pass root=<folder with the {year}_norm.nc files>",
+        )
+    split_years = kwargs.pop("split_years", None)
+    if split_years is not None:
+        if "years" in kwargs:
+            raise ConfigError(
+                "data source 'netcdf': pass either split_years= or years=, not both",
+                fix="keep split_years= to select the split's years",
+            )
+        if not isinstance(split_years, Mapping) or split not in split_years:
+            raise ConfigError(
+                f"data source 'netcdf': split_years must map split {split!r} to an inclusive "
+                f"(first, last) year range, got {split_years!r}",
+                fix="pass split_years={'train': (1979, 2015), 'val': (2016, 2016), "
+                "'test': (2017, 2018)}",
+            )
+        span = split_years[split]
+        if (
+            isinstance(span, (str, bytes))
+            or len(span) != 2
+            or not all(isinstance(y, int) and not isinstance(y, bool) for y in span)
+            or span[0] > span[1]
+        ):
+            raise ConfigError(
+                f"data source 'netcdf': split_years[{split!r}] must be (first, last) with "
+                f"first <= last, got {span!r}",
+                fix="write the range as two years, e.g. (2016, 2016)",
+            )
+        kwargs["years"] = list(range(span[0], span[1] + 1))
+    elif "years" not in kwargs:
+        raise ConfigError(
+            f"data source 'netcdf' cannot tell which files form split {split!r}",
+            fix="pass split_years={'train': (first, last), ...} or years=[...]",
+        )
+    return NetCDFFieldDataset(Path(root).expanduser(), **kwargs)
+
+
+register_data_source("sevir", _sevir)
+register_data_source("nse", _nse)
+register_data_source("mhw", _mhw)
+register_data_source("netcdf", _netcdf)
