@@ -75,7 +75,10 @@ def run(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", EmbeddedDataNotice)
         kwargs = dict(
-            task=task, data_dir=data_dir, data_kwargs=data_kwargs, world_model=world_model,
+            task=task,
+            data_dir=data_dir,
+            data_kwargs=data_kwargs,
+            world_model=world_model,
             device=device,
         )
         batched = BatchedForecastVectorEnv(num_envs=num_envs, **kwargs)
@@ -109,8 +112,12 @@ def _frame_size(spec: Any, data_dir: str | None, data_kwargs: Mapping | None) ->
 
     kwargs = {**dict(spec.data_kwargs), **dict(data_kwargs or {})}
     ds = build_dataset(
-        spec.data_source, "train", root=data_dir, in_frames=spec.in_frames,
-        out_frames=spec.out_frames, **kwargs,
+        spec.data_source,
+        "train",
+        root=data_dir,
+        in_frames=spec.in_frames,
+        out_frames=spec.out_frames,
+        **kwargs,
     )
     inputs, _ = ds[0]
     getattr(ds, "close", lambda: None)()

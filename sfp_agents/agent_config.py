@@ -16,10 +16,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from sfp_agents.config import OptimConfig
 from sfp_env.envs.tasks import TaskSpec, get_task
 from sfp_env.errors import ConfigError
-
-from sfp_agents.config import OptimConfig
 
 __all__ = [
     "BackboneConfig",

@@ -42,11 +42,18 @@ def _add_size_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-val", dest="n_val", type=int, default=None, help="val samples")
     p.add_argument("--n-test", dest="n_test", type=int, default=None, help="test samples")
     p.add_argument(
-        "--years", type=int, nargs=2, metavar=("FIRST", "LAST"), default=None,
+        "--years",
+        type=int,
+        nargs=2,
+        metavar=("FIRST", "LAST"),
+        default=None,
         help="inclusive year range (sst)",
     )
     p.add_argument(
-        "--param", action="append", default=[], metavar="KEY=VALUE",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="any other generator parameter, e.g. --param frames=30 (repeatable)",
     )
 

@@ -34,13 +34,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from sfp_agents.policies.backbones import build_backbone
+from sfp_agents.policies.forecaster import ForecasterPolicy, SupervisedForecaster
 from sfp_env import __version__
 from sfp_env.config import config_diff, to_dict
 from sfp_env.errors import CheckpointError, ConfigError, CorruptDataError, MissingDataError
 from sfp_env.registry import Registry
-
-from sfp_agents.policies.backbones import build_backbone
-from sfp_agents.policies.forecaster import ForecasterPolicy, SupervisedForecaster
 
 __all__ = [
     "AGENT_FORMAT",

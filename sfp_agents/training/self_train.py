@@ -49,12 +49,6 @@ from accelerate import Accelerator, PartialState
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
-from sfp_env.envs.forecast_env import resolve_world_model
-from sfp_env.envs.tasks import TaskSpec
-from sfp_env.errors import ConfigError, TrainingError
-from sfp_env.metrics.rewards import Reward, get_reward
-from sfp_env.registry import Registry
-
 from sfp_agents.agent_config import AGENT_MODES, RESUMABLE_KEYS, AgentRunConfig, SFPLossConfig
 from sfp_agents.config import load_config, shipped_configs
 from sfp_agents.planners import Planner, get_planner
@@ -68,13 +62,18 @@ from sfp_agents.training.evaluate import (
 )
 from sfp_agents.training.runner import (
     RunDirectory,
-    TrainState,
     Trainer,
+    TrainState,
     build_optimizer,
     build_scheduler,
     make_loader,
     start_run,
 )
+from sfp_env.envs.forecast_env import resolve_world_model
+from sfp_env.envs.tasks import TaskSpec
+from sfp_env.errors import ConfigError, TrainingError
+from sfp_env.metrics.rewards import Reward, get_reward
+from sfp_env.registry import Registry
 
 __all__ = [
     "BEST_FILE",

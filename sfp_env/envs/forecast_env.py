@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,35 @@ def _check_bool(value: Any, name: str) -> bool:
     return bool(value)
 
 
+_DATASETS: OrderedDict[tuple[str, str, str, str], Any] = OrderedDict()
+_DATASETS_MAX = 32
+
+
+def shared_dataset(source: str, split: str, root: Path | None, kwargs: Mapping[str, Any]) -> Any:
+    """The dataset of ``(source, split, root, kwargs)``, built once per process.
+
+    Opening a data set can be slow (an OISST root has thousands of files to scan), and N
+    environments of one task read the same data, so they share one read-only instance (the
+    readers open file handles lazily, per process). At most 32 are kept (least recent dropped).
+    """
+    from sfp_env.data.sources import build_dataset
+
+    key = (
+        source,
+        split,
+        "" if root is None else str(Path(root).resolve()),
+        repr(sorted((k, repr(v)) for k, v in kwargs.items())),
+    )
+    if key in _DATASETS:
+        _DATASETS.move_to_end(key)
+        return _DATASETS[key]
+    ds = build_dataset(source, split, root=root, **dict(kwargs))
+    _DATASETS[key] = ds
+    while len(_DATASETS) > _DATASETS_MAX:
+        _DATASETS.popitem(last=False)
+    return ds
+
+
 # --- the shared, batched core -----------------------------------------------------------------
 
 
@@ -204,8 +234,10 @@ class ForecastCore:
         inputs, targets = first[0]
         spec = self.spec
         want_in = (spec.in_frames, spec.channels)
-        if inputs.ndim != 4 or tuple(inputs.shape[:2]) != want_in or (
-            tuple(targets.shape) != (spec.out_frames, *inputs.shape[1:])
+        if (
+            inputs.ndim != 4
+            or tuple(inputs.shape[:2]) != want_in
+            or (tuple(targets.shape) != (spec.out_frames, *inputs.shape[1:]))
         ):
             raise DataError(
                 f"task {spec.name!r}: data source {spec.data_source!r} gives windows "
@@ -242,15 +274,13 @@ class ForecastCore:
                 fix="pass split='train', 'val' or 'test'",
             )
         if split not in self._datasets:
-            from sfp_env.data.sources import build_dataset
-
             kwargs = {
                 **dict(self.spec.data_kwargs),
                 **self.data_kwargs,
                 "in_frames": self.spec.in_frames,
                 "out_frames": self.spec.out_frames,
             }
-            ds = build_dataset(self.spec.data_source, split, root=self.data_dir, **kwargs)
+            ds = shared_dataset(self.spec.data_source, split, self.data_dir, kwargs)
             if len(ds) < 1:
                 where = self.data_dir or "the embedded data"
                 frames = self.spec.in_frames + self.spec.out_frames
@@ -403,10 +433,7 @@ class ForecastCore:
         return get_reward(reward, **kwargs)
 
     def close(self) -> None:
-        for ds in self._datasets.values():
-            close = getattr(ds, "close", None)
-            if callable(close):
-                close()
+        """Drop this core's references (the datasets are shared within the process)."""
         self._datasets.clear()
 
 
@@ -647,8 +674,9 @@ class ForecastEnv(gym.Env):
                 "split/index": f"{self._episode_split}/{self._index}",
                 "step": f"{self._step}/{self.horizon_steps}",
                 "lead time": f"{frames} frames = {lead:g} {self.task.time_unit}",
-                "reward": None if self._last_reward is None else f"{self._last_reward:.4f} "
-                f"({self.core.reward.name})",
+                "reward": None
+                if self._last_reward is None
+                else f"{self._last_reward:.4f} ({self.core.reward.name})",
                 "done": self._done,
                 "metrics": self._last_scores,
             }
@@ -693,4 +721,3 @@ class ForecastEnv(gym.Env):
         self._last_pred, self._last_reward = ep["last_pred"], ep["last_reward"]
         self._last_scores = ep["last_scores"]
         self._np_random, self._np_random_seed = state["np_random"], state["np_random_seed"]
-

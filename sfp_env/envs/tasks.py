@@ -150,8 +150,8 @@ class TaskSpec:
         data_source: name in ``sfp_env.data.sources.DATA_SOURCES``.
         data_kwargs: extra options of the data source (besides split, root, in/out frames).
         in_frames, out_frames: observed frames T_in and forecast horizon T_out.
-        chunk_frames: frames T_f decoded per environment step; an episode has
-            ``ceil(out_frames / chunk_frames)`` steps.
+        chunk_frames: frames T_f decoded per environment step; ``out_frames`` must be a
+            multiple of it, and an episode has ``out_frames / chunk_frames`` steps.
         channels, size: frame layout C and H = W of the default (embedded) data.
         reward, reward_kwargs: default reward name in ``REWARDS`` and its options.
         reward_kwargs_fn: hook ``fn(dataset) -> dict`` of data-dependent reward options.
@@ -211,6 +211,12 @@ class TaskSpec:
                     f"{where}: {name} must be a positive integer, got {value!r}",
                     fix=f"set {name} to an integer >= 1",
                 )
+        if self.out_frames % self.chunk_frames:
+            raise ConfigError(
+                f"{where}: out_frames={self.out_frames} must be a multiple of chunk_frames="
+                f"{self.chunk_frames} (every step scores one whole chunk)",
+                fix="choose a chunk length that divides the horizon",
+            )
         low, high = (float(v) for v in self.value_range)
         if not (math.isfinite(low) and math.isfinite(high) and low < high):
             raise ConfigError(
@@ -232,8 +238,8 @@ class TaskSpec:
     # ---- derived ---------------------------------------------------------------------------
     @property
     def horizon_steps(self) -> int:
-        """Environment steps per episode: ``ceil(out_frames / chunk_frames)``."""
-        return -(-self.out_frames // self.chunk_frames)
+        """Environment steps per episode: ``out_frames / chunk_frames``."""
+        return self.out_frames // self.chunk_frames
 
     @property
     def frame_shape(self) -> tuple[int, int, int]:

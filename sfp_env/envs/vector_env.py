@@ -97,8 +97,10 @@ class BatchedForecastVectorEnv(VectorEnv):
         data_kwargs: Mapping[str, Any] | None = None,
         max_episode_steps: int | None = None,
     ) -> None:
-        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or (
-            num_envs < 1
+        if (
+            isinstance(num_envs, bool)
+            or not isinstance(num_envs, (int, np.integer))
+            or (num_envs < 1)
         ):
             raise ConfigError(
                 f"num_envs must be a positive integer, got {num_envs!r}", fix="pass num_envs=8"
@@ -109,8 +111,7 @@ class BatchedForecastVectorEnv(VectorEnv):
             or max_episode_steps < 1
         ):
             raise ConfigError(
-                f"max_episode_steps must be None or a positive integer, got "
-                f"{max_episode_steps!r}",
+                f"max_episode_steps must be None or a positive integer, got {max_episode_steps!r}",
                 fix="leave it None: episodes end when the horizon is covered",
             )
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -185,9 +186,7 @@ class BatchedForecastVectorEnv(VectorEnv):
         mask = options.get("reset_mask")
         if mask is None:
             mask = np.ones(n, dtype=np.bool_)
-        elif not (
-            isinstance(mask, np.ndarray) and mask.dtype == np.bool_ and mask.shape == (n,)
-        ):
+        elif not (isinstance(mask, np.ndarray) and mask.dtype == np.bool_ and mask.shape == (n,)):
             raise ConfigError(
                 f"reset option 'reset_mask' must be a bool numpy array of shape ({n},), got "
                 f"{type(mask).__name__} {getattr(mask, 'shape', '')} "

@@ -181,9 +181,9 @@ def _heatwaves(seed: int, year: int, size: int, land: np.ndarray) -> _Heatwaves:
         intensity=np.clip(rng.lognormal(math.log(2.3), 0.3, size=n), 1.5, 4.0),
         centre=np.stack([pick[:, 1], pick[:, 0]], axis=-1) + rng.uniform(0, 1, size=(n, 2)),
         velocity=rng.normal(0.0, 0.15, size=(n, 2)),
-        radius=px_per_deg * rng.uniform(1.0, 2.5, size=(n, 1)) * np.stack(
-            [np.ones(n), rng.uniform(0.5, 1.0, size=n)], axis=-1
-        ),
+        radius=px_per_deg
+        * rng.uniform(1.0, 2.5, size=(n, 1))
+        * np.stack([np.ones(n), rng.uniform(0.5, 1.0, size=n)], axis=-1),
         angle=rng.uniform(0, math.pi, size=n),
     )
 
@@ -195,8 +195,12 @@ def heatwave_field(seed: int, year: int, size: int, land: np.ndarray) -> torch.T
     out = torch.zeros(len(days), size, size, dtype=torch.float64)
     grid = torch.arange(size, dtype=torch.float64) + 0.5
     for src_year, offset in ((year - 1, -len(_days_of(year - 1))), (year, 0)):
-        ev = _Heatwaves(*(torch.as_tensor(getattr(_heatwaves(seed, src_year, size, land), f.name))
-                          for f in dataclasses.fields(_Heatwaves)))
+        ev = _Heatwaves(
+            *(
+                torch.as_tensor(getattr(_heatwaves(seed, src_year, size, land), f.name))
+                for f in dataclasses.fields(_Heatwaves)
+            )
+        )
         if ev.start.numel() == 0:
             continue
         age = days[:, None] - (ev.start[None] + offset)  # [D, E] days since onset
@@ -248,8 +252,9 @@ def _write_day(path: Path, date: np.datetime64, packed: np.ndarray, static: SSTF
         ds.createDimension("lat", len(static.lat))
         ds.createDimension("lon", len(static.lon))
         time = ds.createVariable("time", "f4", ("time",))
-        time.setncatts({"long_name": "Center time of the day", "units":
-                        "days since 1978-01-01 12:00:00"})
+        time.setncatts(
+            {"long_name": "Center time of the day", "units": "days since 1978-01-01 12:00:00"}
+        )
         time[:] = np.array([day], dtype=np.float32)
         zlev = ds.createVariable("zlev", "f4", ("zlev",))
         zlev.setncatts({"long_name": "Sea surface height", "units": "meters", "positive": "down"})

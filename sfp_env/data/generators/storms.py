@@ -188,8 +188,24 @@ def sample_event(rng: np.random.Generator, size: int) -> StormParams:
     halo_sigma = core[:, None] * rng.uniform(3.0, 5.5, size=(c, 2))
     halo_amp = rng.uniform(0.035, 0.09, size=c)
     return StormParams(
-        wind, mode_k, mode_amp, mode_phase, mode_omega, start, drift, birth, life, peak, axis,
-        spin, sub_offset, sub_sigma, sub_amp, sub_shift, halo_sigma, halo_amp,
+        wind,
+        mode_k,
+        mode_amp,
+        mode_phase,
+        mode_omega,
+        start,
+        drift,
+        birth,
+        life,
+        peak,
+        axis,
+        spin,
+        sub_offset,
+        sub_sigma,
+        sub_amp,
+        sub_shift,
+        halo_sigma,
+        halo_amp,
     )
 
 

@@ -1,0 +1,269 @@
+"""Stage-2 self-training: both modes train and checkpoint, resume continues, NaN and unfrozen
+world models are refused, the loss is the documented sum, and two processes train together."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from accelerate import Accelerator, debug_launcher
+from accelerate.state import AcceleratorState, GradientState
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from sfp_agents.agent_config import AgentRunConfig, SFPLossConfig
+from sfp_agents.cli import main as cli_main
+from sfp_agents.config import load_config, shipped_configs
+from sfp_agents.planners import PLANNERS, BeamSearchPlanner, get_planner, register_planner
+from sfp_agents.policies.checkpoint import build_policy, load_agent, policy_arch
+from sfp_agents.training.self_train import (
+    IntentionForecaster,
+    SFPObjective,
+    chunk_rewards,
+    train_agent,
+)
+from sfp_env.config import from_dict, to_dict
+from sfp_env.errors import ConfigError, TrainingError
+from sfp_env.metrics.rewards import get_reward
+from sfp_env.world_model import GenerativeWorldModel, WorldModelConfig
+
+SIZE = 16
+#: 2 train events -> 6 windows, 1 val event -> 3 windows (embedded storms, 16x16)
+DATA = {"embedded": {"n_train": 2, "n_val": 1, "n_test": 2, "size": SIZE}}
+NAN_PLANNER = "nan_after_test"
+#: a small, fast backbone (the shipped configs use simvp)
+BACKBONE_KWARGS = {"hidden": 8, "blocks": 1}
+
+
+def tiny_world_model(seed: int = 0) -> GenerativeWorldModel:
+    return GenerativeWorldModel(WorldModelConfig(
+        in_frames=13, chunk_frames=4, channels=1, height=SIZE, width=SIZE, latent_dim=4,
+        codebook_size=16, hidden=4, top_k=4, output_activation="sigmoid", seed=seed,
+    ))
+
+
+@pytest.fixture(scope="module")
+def wm_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("wm") / "wm.pt"
+    return tiny_world_model().save_pretrained(path, data={}, metrics={})
+
+
+def same_values(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Equal dicts where NaN equals NaN (undefined scores such as FAR at an unseen threshold)."""
+
+    def same(x: Any, y: Any) -> bool:
+        both_nan = isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y)
+        return both_nan or x == y
+
+    return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+
+
+def make_config(run_dir: Path, wm_path: Path, **changes: Any) -> AgentRunConfig:
+    data: dict[str, Any] = {
+        "run_dir": str(run_dir), "task": "sevir", "mode": "sfp", "data_kwargs": DATA,
+        "world_model": str(wm_path),
+        "backbone": {"name": "resnet", "kwargs": BACKBONE_KWARGS},
+        "planner": {"name": "beam", "kwargs": {"beam_width": 2, "top_k": 3}},
+        "optim": {"lr": 3e-3, "warmup_steps": 0, "schedule": "constant", "grad_clip": 1.0},
+        "train": {"epochs": 3, "batch_size": 2, "save_every": 100, "log_every": 1},
+    }
+    for key, value in changes.items():
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return from_dict(AgentRunConfig, data)
+
+
+@pytest.mark.parametrize("mode", ["sfp", "baseline"])
+def test_train_agent_learns_and_writes_a_loadable_best_checkpoint(
+    tmp_path: Path, wm_path: Path, mode: str
+) -> None:
+    # one fixed batch per epoch, so the epoch losses are comparable
+    config = make_config(tmp_path / mode, wm_path, mode=mode, **{
+        "train.limit_train_samples": 2, "train.epochs": 4})
+    result = train_agent(config, tensorboard=False, progress=False)
+    history = result.history
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3] and result.steps == 4
+    losses = [h["train/loss"] for h in history]
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < losses[0]
+    assert all(math.isfinite(h["val/csi_m"]) for h in history)
+    assert {"val/mse", "val/csi_pool4", "val/ssim", "train/reward_forecast"} <= set(history[0])
+    if mode == "sfp":
+        assert {"train/reward_pseudo", "train/pseudo_mse", "train/latent_mse"} <= set(history[0])
+    best_epoch = max(range(4), key=lambda i: history[i]["val/csi_m"])
+    info = json.loads((result.run_dir / "best" / "metrics.json").read_text())
+    assert info["metric"] == "val/csi_m" and info["step"] == history[best_epoch]["step"]
+    assert result.best_value == pytest.approx(history[best_epoch]["val/csi_m"])
+    policy, meta = load_agent(result.best_checkpoint)
+    assert meta["mode"] == mode and meta["metrics"]["val/csi_m"] == pytest.approx(
+        result.best_value)
+    with torch.no_grad():
+        out = policy(torch.rand(1, 13, 1, SIZE, SIZE))
+    assert out.shape == (1, 12, 1, SIZE, SIZE)
+
+
+def test_resume_continues_from_the_saved_step(tmp_path: Path, wm_path: Path) -> None:
+    first = train_agent(make_config(tmp_path / "r", wm_path, **{"train.epochs": 1}),
+                        tensorboard=False, progress=False)
+    assert first.steps == 3  # 6 windows, batch 2
+    with pytest.raises(ConfigError, match="--resume"):
+        train_agent(make_config(tmp_path / "r", wm_path, **{"train.epochs": 1}),
+                    tensorboard=False, progress=False)
+    second = train_agent(make_config(tmp_path / "r", wm_path, **{"train.epochs": 2}),
+                         resume=True, tensorboard=False, progress=False)
+    assert second.steps == 6
+    assert [h["epoch"] for h in second.history] == [0, 1]
+    assert same_values(second.history[0], first.history[0])
+
+
+class NaNAfter(BeamSearchPlanner):
+    """A beam planner whose pseudo-labels turn NaN after ``after`` plans (a diverged search)."""
+
+    name = NAN_PLANNER
+
+    def __init__(self, after: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.after, self.calls = after, 0
+
+    def _plan(self, *args: Any) -> Any:
+        plan = super()._plan(*args)
+        self.calls += 1
+        if self.calls > self.after:
+            plan.best_future = torch.full_like(plan.best_future, float("nan"))
+        return plan
+
+
+@pytest.fixture()
+def nan_planner():
+    register_planner(NAN_PLANNER, NaNAfter)
+    yield NAN_PLANNER
+    PLANNERS.unregister(NAN_PLANNER)
+
+
+def test_nan_loss_names_step_and_batch_and_keeps_the_last_good_state(
+    tmp_path: Path, wm_path: Path, nan_planner: str
+) -> None:
+    config = make_config(tmp_path / "n", wm_path, **{
+        "planner.name": nan_planner, "planner.kwargs": {"after": 4, "beam_width": 2, "top_k": 3},
+        "train.save_every": 2})
+    with pytest.raises(TrainingError, match=r"step 5 \(epoch 1, batch index 1") as info:
+        train_agent(config, tensorboard=False, progress=False)
+    assert "pseudo_mse" in str(info.value) or "loss" in str(info.value)
+    states = sorted(p.name for p in (tmp_path / "n" / "state").glob("step_*"))
+    assert states[-1] == "step_4"
+    best = tmp_path / "n" / "best" / "agent.pt"
+    policy, meta = load_agent(best)  # written after epoch 0, intact
+    assert meta["metrics"]["step"] == 3
+    assert all(torch.isfinite(p).all() for p in policy.parameters())
+
+
+def test_objective_is_the_documented_weighted_sum(wm_path: Path) -> None:
+    wm = GenerativeWorldModel.from_pretrained(wm_path).freeze()
+    arch = policy_arch("resnet", BACKBONE_KWARGS, in_frames=13,
+                       out_frames=12, chunk_frames=4, frame_shape=(1, SIZE, SIZE), downsample=4)
+    model = IntentionForecaster(build_policy("sfp", arch, wm))
+    planner = get_planner("beam", beam_width=2, top_k=3)
+    reward = get_reward("csi_m")
+    weights = SFPLossConfig(pseudo_label=0.7, anchor=0.2, latent=0.3)
+    gen = torch.Generator().manual_seed(1)
+    context = torch.rand(2, 13, 1, SIZE, SIZE, generator=gen)
+    truth = torch.rand(2, 12, 1, SIZE, SIZE, generator=gen)
+    logs = SFPObjective(planner, wm, reward, weights)(model, context, truth)
+    with torch.no_grad():
+        forecast, intentions = model(context)
+        plan = planner.plan(context, intentions, wm, reward, truth)
+    expected = (0.7 * F.mse_loss(forecast, plan.best_future) + 0.2 * F.mse_loss(forecast, truth)
+                + 0.3 * F.mse_loss(intentions, plan.latents))
+    assert logs["loss"].requires_grad
+    assert float(logs["loss"]) == pytest.approx(float(expected), rel=1e-5)
+    assert float(logs["reward_pseudo"]) == pytest.approx(float(plan.total_reward.mean()))
+    own = chunk_rewards(reward, forecast, truth, 4)
+    assert own.shape == (2, 3)
+    assert float(logs["reward_forecast"]) == pytest.approx(float(own.sum(1).mean()))
+    logs["loss"].backward()
+    assert all(p.grad is None for p in wm.parameters())
+
+
+def test_unfrozen_world_model_is_refused(wm_path: Path) -> None:
+    wm = GenerativeWorldModel.from_pretrained(wm_path)  # loaded in eval mode, not frozen
+    planner, reward = get_planner("beam", beam_width=2, top_k=3), get_reward("csi_m")
+    with pytest.raises(ConfigError, match="frozen"):
+        SFPObjective(planner, wm, reward, SFPLossConfig())
+    wm.freeze()
+    arch = policy_arch("resnet", BACKBONE_KWARGS, in_frames=13,
+                       out_frames=12, chunk_frames=4, frame_shape=(1, SIZE, SIZE), downsample=4)
+    model = IntentionForecaster(build_policy("sfp", arch, wm))
+    objective = SFPObjective(planner, wm, reward, SFPLossConfig())
+    wm.decoder.requires_grad_(True)  # unfrozen behind the objective's back
+    with pytest.raises(ConfigError, match="require grad"):
+        objective(model, torch.rand(1, 13, 1, SIZE, SIZE), torch.rand(1, 12, 1, SIZE, SIZE))
+
+
+def test_cli_trains_the_baseline_with_tensorboard(tmp_path: Path, wm_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    config = make_config(tmp_path / "unused", wm_path)
+    yaml_path = tmp_path / "agent.yaml"
+    yaml_path.write_text(yaml.safe_dump(to_dict(config)))
+    run_dir = tmp_path / "cli"
+    code = cli_main(["train-agent", "--config", str(yaml_path), "--mode", "baseline",
+                     "--run-dir", str(run_dir), "--cpu", "--no-progress", "train.epochs=1"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert str(run_dir / "best" / "agent.pt") in out and "val/csi_m" in out
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["mode"] == "baseline" and saved["train"]["epochs"] == 1
+    logs = list((run_dir / "logs").rglob("events.out.tfevents*"))
+    assert logs
+    events = EventAccumulator(str(logs[0].parent))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/reward_forecast", "val/csi_m"} <= tags
+
+
+def test_shipped_agent_configs() -> None:
+    assert shipped_configs(AgentRunConfig) == ["mhw", "nse", "sevir"]
+    for name in ("mhw", "nse", "sevir"):
+        config = load_config(AgentRunConfig, name, ["train.epochs=1"])
+        assert config.task == name and config.mode == "sfp"
+        assert config.planner.name == "beam" and config.backbone.name == "simvp"
+        assert config.resolved_run_dir == f"runs/agent_{name}_sfp"
+        assert config.resolved_world_model == name
+    with pytest.raises(ConfigError, match="mode"):
+        load_config(AgentRunConfig, "sevir", ["mode=rl"])
+    with pytest.raises(ConfigError, match="loss"):
+        load_config(AgentRunConfig, "sevir", ["loss.pseudo_label=0", "loss.anchor=0",
+                                              "loss.latent=0"])
+
+
+def _two_process_train(run_dir: str, wm_path: str, out_dir: str) -> None:
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    torch.set_num_threads(1)
+    acc = Accelerator(cpu=True)
+    config = make_config(Path(run_dir), Path(wm_path), **{"train.epochs": 2})
+    result = train_agent(config, accelerator=acc, tensorboard=False, progress=False)
+    record = {"processes": acc.num_processes, "steps": result.steps,
+              "history": result.history, "best": str(result.best_checkpoint)}
+    Path(out_dir, f"rank{acc.process_index}.json").write_text(json.dumps(record))
+    acc.wait_for_everyone()
+
+
+def test_two_processes_train_together(tmp_path: Path, wm_path: Path) -> None:
+    debug_launcher(_two_process_train, args=(str(tmp_path / "run"), str(wm_path),
+                                              str(tmp_path)), num_processes=2)
+    ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]
+    assert [r["processes"] for r in ranks] == [2, 2]
+    # 6 windows, 2 per process and step -> 1 full step per epoch on each process (drop_last)
+    assert ranks[0]["steps"] == ranks[1]["steps"] == 2
+    # losses and metrics are reduced across processes, so both ranks hold the same history
+    assert all(same_values(a, b) for a, b in zip(ranks[0]["history"], ranks[1]["history"]))
+    policy, meta = load_agent(ranks[0]["best"])
+    assert meta["mode"] == "sfp"
