@@ -14,11 +14,10 @@ from typing import Any
 
 import torch
 
-from sfp_env.world_model.config import WorldModelConfig
-from sfp_env.world_model.model import GenerativeWorldModel
-
 from sfp_agents.planners.beam import BeamSearchPlanner
 from sfp_agents.planners.reference import reference_beam_search
+from sfp_env.world_model.config import WorldModelConfig
+from sfp_env.world_model.model import GenerativeWorldModel
 
 __all__ = ["run", "main", "QUICK"]
 

@@ -59,7 +59,8 @@ class Plan:
             planner decoded continuous (unquantized) latents.
         latents: ``[B, S, D, h, w]`` the latent decoded at each step of the best path (the gathered
             code vectors for quantizing planners).
-        stats: diagnostics (plain Python numbers): ``candidates_scored``, ``beams``, ``wall_time_s``,
+        stats: diagnostics (plain Python numbers): ``candidates_scored``, ``beams``,
+            ``wall_time_s``,
             ``reward_candidate0`` / ``reward_best_first_step`` (mean first-chunk reward of the
             intention's own top-1 code vs the best first-chunk candidate), ``diversity`` (mean
             per-pixel std of decoded candidates across candidates), ``total_reward_mean``.
@@ -106,8 +107,9 @@ def resolve_reward(reward: str | RewardFn, **kwargs: Any) -> RewardFn:
 def latent_scale(world_model: Any, like: Tensor) -> Tensor:
     """Per-channel half-range of the latent space, ``[D, 1, 1]`` on ``like``'s device.
 
-    Derived from the world model's affine action map: ``|action_to_latent(1) - action_to_latent(0)|``
-    averaged over the latent grid, so noise "of scale 1" spans the codebook's range per channel.
+    Derived from the world model's affine action map:
+    ``|action_to_latent(1) - action_to_latent(0)|`` averaged over the latent grid, so noise "of
+    scale 1" spans the codebook's range per channel.
     """
     d, h, w = world_model.latent_shape
     ones = torch.ones(1, d, h, w, device=like.device, dtype=like.dtype)
@@ -164,7 +166,7 @@ class Planner(ABC):
             plan = self._plan(context, intentions, world_model, reward_fn, truth, t_f)
         plan.stats["wall_time_s"] = time.perf_counter() - start
         plan.stats["planner"] = self.name
-        plan.stats["total_reward_mean"] = float(nan_to_neg_inf(plan.total_reward).mean())
+        plan.stats["total_reward_mean"] = float(plan.total_reward.nanmean())
         return plan
 
     def validate(self, context: Tensor, intentions: Tensor, world_model: Any, truth: Tensor) -> int:

@@ -25,10 +25,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sfp_agents.planners.base import Plan, Planner, RewardFn, nan_to_neg_inf, register_planner
 from sfp_env.errors import ConfigError
 from sfp_env.registry import Registry
-
-from sfp_agents.planners.base import Plan, Planner, RewardFn, nan_to_neg_inf, register_planner
 
 __all__ = [
     "BeamSearchPlanner",

@@ -17,8 +17,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sfp_env.errors import ConfigError
-
 from sfp_agents.planners.base import (
     Plan,
     Planner,
@@ -27,6 +25,7 @@ from sfp_agents.planners.base import (
     nan_to_neg_inf,
     register_planner,
 )
+from sfp_env.errors import ConfigError
 
 __all__ = ["Rollout", "rollout", "RandomShootingPlanner", "CEMPlanner"]
 
@@ -161,7 +160,9 @@ class RandomShootingPlanner(Planner):
             "candidates_scored": b * p * intentions.shape[1],
             "beams": p,
             "reward_candidate0": float(out.step_rewards[:, 0, 0].mean()),
-            "reward_best_first_step": float(nan_to_neg_inf(out.step_rewards[:, :, 0]).amax(1).mean()),
+            "reward_best_first_step": float(
+                nan_to_neg_inf(out.step_rewards[:, :, 0]).amax(1).mean()
+            ),
             "reward_unperturbed_total": float(out.step_rewards[:, 0].sum(1).mean()),
             "diversity": _diversity(out.futures),
         }

@@ -7,9 +7,10 @@ Deterministic across process counts. Episodes are cut into fixed blocks of ``bat
 consecutive episodes, ``[0, B), [B, 2B), ...``, whatever the number of processes; block ``k``
 runs on process ``k % P``. Each block gives one metric-suite state (float64 additive sums),
 computed from the same samples in the same batch on any number of processes, so the states are
-bitwise identical for ``P = 1`` and ``P = 2``. All states are gathered with the index of their
-first episode, sorted by it and summed in episode order, which makes the final numbers equal
-too (not merely close).
+bitwise identical for ``P = 1`` and ``P = 2`` (on the same device with the same torch thread
+count: CPU convolutions may round differently with another number of threads). All states are
+gathered with the index of their first episode, sorted by it and summed in episode order, which
+makes the final numbers equal too (not merely close).
 
 Usage::
 

@@ -176,9 +176,12 @@ def _check_data(config: GWMRunConfig, dataset: Dataset, split: str) -> int:
 def sample_image(context: Tensor | None, truth: Tensor, recon: Tensor) -> np.ndarray:
     """One grey panel ``[1, 1, H, W_total]`` in [0, 1]: last context frames | truth | recon.
 
-    Frames are ``[T, C, H, W]`` (channel 0 shown), scaled by the min/max of context and truth;
-    white 2-pixel gaps separate the frames, 6-pixel gaps the three groups.
+    Frames are ``[T, C, H, W]`` (channel 0 shown; at most the last 4 context frames), scaled by
+    the min/max of context and truth; white 2-pixel gaps separate the frames, mid-grey 6-pixel
+    gaps the three groups.
     """
+    if context is not None:
+        context = context[-_IMAGE_CONTEXT_FRAMES:]
     groups = [g[:, 0].float().cpu() for g in (context, truth, recon) if g is not None]
     ref = torch.cat(groups[:-1]) if len(groups) > 1 else groups[0]
     lo, hi = float(ref.min()), float(ref.max())
@@ -187,7 +190,7 @@ def sample_image(context: Tensor | None, truth: Tensor, recon: Tensor) -> np.nda
     pieces = []
     for g_index, frames in enumerate(groups):
         if g_index:
-            pieces.append(torch.ones(height, 6))
+            pieces.append(torch.full((height, 6), 0.5))
         for f_index, frame in enumerate(frames):
             if f_index:
                 pieces.append(torch.ones(height, 2))

@@ -576,6 +576,7 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
+    batches_per_epoch: int = 0
     best_metric: float | None = None
     best_step: int | None = None
     elapsed_s: float = 0.0
@@ -764,10 +765,13 @@ class Trainer:
                 fix="delete that state folder (the previous one is used) or start a new run_dir",
             ) from e
         state = TrainState.from_dict(data, str(state_file))
-        if state.batch_in_epoch > self.batches_per_epoch:
+        if state.batches_per_epoch not in (0, self.batches_per_epoch) or (
+            state.batch_in_epoch > self.batches_per_epoch
+        ):
             raise CheckpointError(
-                f"{str(directory)!r} stopped after batch {state.batch_in_epoch} of epoch "
-                f"{state.epoch}, but an epoch now has {self.batches_per_epoch} batches",
+                f"{str(directory)!r} was saved with {state.batches_per_epoch} batches per epoch "
+                f"(per process), but this run has {self.batches_per_epoch}, so the data order "
+                "cannot be replayed",
                 fix="resume with the same data, batch size and number of processes",
             )
         try:
@@ -808,6 +812,7 @@ class Trainer:
             if latest is not None:
                 self.load(latest)
                 acc.print(f"resuming {self.run.path} from {latest.name} (step {self.state.step})")
+        self.state.batches_per_epoch = self.batches_per_epoch
         total = self.total_steps
         started = time.perf_counter()
         elapsed_before = self.state.elapsed_s

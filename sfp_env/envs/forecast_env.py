@@ -18,6 +18,7 @@ the same sample drawing (:meth:`ForecastCore.draw`), the same decoding and the s
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from collections import OrderedDict
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from sfp_env.config import config_diff
+from sfp_env.config import config_diff, to_dict
 from sfp_env.envs.render import render_ansi, render_rgb
 from sfp_env.envs.tasks import TaskSpec, get_task
 from sfp_env.errors import (
@@ -230,6 +231,11 @@ class ForecastCore:
                 f"reward_kwargs must be a mapping, got {type(reward_kwargs).__name__}",
                 fix="pass reward_kwargs={'option': value}",
             )
+        if world_model is None or isinstance(world_model, (str, os.PathLike)):
+            # a missing checkpoint fails before any (possibly slow) data generation
+            from sfp_env.world_model.checkpoint import resolve_checkpoint
+
+            resolve_checkpoint(self.spec.world_model if world_model is None else world_model)
         first = self.dataset(split)
         inputs, targets = first[0]
         spec = self.spec
@@ -295,11 +301,14 @@ class ForecastCore:
     def num_samples(self, split: str) -> int:
         return len(self.dataset(split))
 
-    def draw(self, rng: np.random.Generator, split: str, index: Any = None) -> int:
-        """The sample index of a new episode: ``index`` if given (checked), else one draw
-        ``rng.integers(num_samples)``. The single and vector envs both call this."""
+    def draw(self, rng: np.random.Generator | None, split: str, index: Any = None) -> int:
+        """The sample index of a new episode: ``index`` if given (checked; ``rng`` unused),
+        else one draw ``rng.integers(num_samples)``. The single and vector envs both call
+        this, so equally seeded generators give equal episodes."""
         n = self.num_samples(split)
         if index is None:
+            if rng is None:
+                raise ConfigError("draw() needs a generator when no index is given")
             return int(rng.integers(n))
         if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
             raise ConfigError(
@@ -437,6 +446,28 @@ class ForecastCore:
         self._datasets.clear()
 
 
+class _WorldModelState:
+    """A world model as plain data for pickling: its config and CPU state dict."""
+
+    def __init__(self, config: dict[str, Any], state: dict[str, Any]) -> None:
+        self.config, self.state = config, state
+
+    @classmethod
+    def of(cls, model: Any) -> _WorldModelState:
+        state = {
+            k: v.detach().cpu().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+            for k, v in model.state_dict().items()
+        }
+        return cls(to_dict(model.config), state)
+
+    def build(self) -> Any:
+        from sfp_env.world_model import GenerativeWorldModel
+
+        model = GenerativeWorldModel(self.config)
+        model.load_state_dict(self.state, strict=True)
+        return model
+
+
 # --- the single environment -------------------------------------------------------------------
 
 
@@ -562,9 +593,12 @@ class ForecastEnv(gym.Env):
         """Start an episode: draw a sample of the split (seeded by ``seed``) or take
         ``options["index"]``. Returns ``(observation [T_in, C, H, W], info)``."""
         split, index, return_truth = self._parse_options(options)
-        self.core.dataset(split)  # a bad split fails before the RNG is touched
+        if index is not None:  # bad options fail before the RNG or the episode change
+            index = self.core.draw(None, split, index)
+        self.core.dataset(split)
         super().reset(seed=seed)
-        index = self.core.draw(self.np_random, split, index)
+        if index is None:
+            index = self.core.draw(self.np_random, split)
         inputs, targets = self.core.load(split, [index])
         self._clear_episode()
         self._context, self._targets = inputs, targets
@@ -700,17 +734,24 @@ class ForecastEnv(gym.Env):
             "last_reward": self._last_reward,
             "last_scores": self._last_scores,
         }
+        init = dict(self._init_args)
+        if not isinstance(init["world_model"], (type(None), str, os.PathLike)):
+            # an instance travels as its config and weights (rebuilt on load)
+            init["world_model"] = _WorldModelState.of(self.core.world_model)
         return {
-            "init": self._init_args,
+            "init": init,
             "episode": episode,
             "np_random": self._np_random,
             "np_random_seed": self._np_random_seed,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        init = dict(state["init"])
+        if isinstance(init["world_model"], _WorldModelState):
+            init["world_model"] = init["world_model"].build()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", EmbeddedDataNotice)
-            self.__init__(**state["init"])
+            self.__init__(**init)
         ep = state["episode"]
         device = self.core.device
         self._context = None if ep["context"] is None else ep["context"].to(device)

@@ -59,8 +59,9 @@ def _put(infos: dict[str, Any], key: str, rows: np.ndarray, values: Any, n: int)
         if isinstance(values, np.ndarray) and values.dtype != object:
             array[rows] = values
         else:
-            for r, v in zip(rows.tolist(), list(values)):
-                array[r] = v
+            items = np.empty(len(rows), dtype=object)
+            items[:] = list(values)
+            array[rows] = items
     mask = infos.get(f"_{key}", np.zeros(n, dtype=np.bool_))
     mask[rows] = True
     infos[f"_{key}"] = mask
@@ -233,10 +234,13 @@ class BatchedForecastVectorEnv(VectorEnv):
                 "reset(options={'reset_mask': ...}) before a full reset()",
                 fix="call reset() without a mask first",
             )
-        self.core.dataset(opts["split"])  # a bad split fails before any RNG is touched
+        rows = np.flatnonzero(mask)
+        for i in rows.tolist():  # bad options fail before any RNG or episode changes
+            if opts["indices"][i] is not None:
+                self.core.draw(None, opts["split"], opts["indices"][i])
+        self.core.dataset(opts["split"])
         if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
             self._np_random, self._np_random_seed = seeding.np_random(int(seed))
-        rows = np.flatnonzero(mask)
         for i in rows.tolist():
             if seeds[i] is not None or self._rngs[i] is None:
                 self._rngs[i] = seeding.np_random(seeds[i])[0]

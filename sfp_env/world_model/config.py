@@ -48,6 +48,11 @@ class WorldModelConfig:
             restarts.
         conditional: decode with skip connections from the context encoder (False: plain
             reconstruction, ``context=None``, e.g. the 69-variable climate setup).
+        context_dropout: probability, per training sample, of zeroing the context features in
+            :meth:`GenerativeWorldModel.forward`, in [0, 1). Without it the decoder learns to
+            predict from the context alone and the commitment loss collapses the encoder to a
+            constant latent (the K codes then decode to the same future); dropping the context
+            forces the latent to carry the future.
         top_k: default K of :meth:`GenerativeWorldModel.imagine`; at most ``codebook_size``.
         output_activation: name in ``OUTPUT_ACTIVATIONS`` ("none", "sigmoid" for [0, 1] data,
             "tanh" for [-1, 1] data).
@@ -67,6 +72,7 @@ class WorldModelConfig:
     commitment: float = 0.25
     dead_code_threshold: float = 0.9
     conditional: bool = True
+    context_dropout: float = 0.5
     top_k: int = 10
     output_activation: str = "none"
     seed: int = 0
@@ -121,6 +127,11 @@ class WorldModelConfig:
                 f"{self.dead_code_threshold}",
                 fix="use e.g. 0.9 (a code unused for ~10 batches at decay 0.99 is restarted), "
                 "or 0 to disable restarts",
+            )
+        if not 0.0 <= self.context_dropout < 1.0:
+            raise ConfigError(
+                f"WorldModelConfig.context_dropout must lie in [0, 1), got {self.context_dropout}",
+                fix="use e.g. 0.5, or 0 to always give the decoder the context",
             )
         if self.top_k > self.codebook_size:
             raise ConfigError(

@@ -83,6 +83,8 @@ class GenerativeWorldModel(nn.Module):
             dead_code_threshold=c.dead_code_threshold,
             seed=c.seed,
         )
+        # draws the per-sample context dropout of forward(); saved via get_extra_state
+        self.generator = torch.Generator().manual_seed(c.seed + 1)
         self.register_buffer("latent_centre", torch.zeros(c.latent_dim))
         self.register_buffer("latent_half_range", torch.ones(c.latent_dim))
         self.refresh_latent_scale()
@@ -281,7 +283,8 @@ class GenerativeWorldModel(nn.Module):
 
         Returns ``(recon [B, T_f, C, H, W], vq_loss (commitment term), stats)``; stats are
         detached 0-d tensors (perplexity, usage, restarted, commit_mse). The training loss is
-        ``MSE(recon, target) + vq_loss``. In training mode the EMA codebook is updated.
+        ``MSE(recon, target) + vq_loss``. In training mode the EMA codebook is updated and each
+        sample's context features are zeroed with probability ``config.context_dropout``.
         """
         features = self.context_features(context)
         latent = self.encode(target)
@@ -292,6 +295,11 @@ class GenerativeWorldModel(nn.Module):
                 fix="pass one context per target sample",
             )
         z_q, vq_loss, stats = self.quantizer(latent)
+        if features is not None and self.training and self.config.context_dropout > 0:
+            b = latent.shape[0]
+            keep = torch.rand(b, generator=self.generator) >= self.config.context_dropout
+            keep = keep.to(device=latent.device, dtype=features[0].dtype).view(b, 1, 1, 1)
+            features = [f * keep for f in features]
         recon = self._decode(features, z_q.unsqueeze(1))[:, 0]
         return recon, vq_loss, stats
 
@@ -341,6 +349,14 @@ class GenerativeWorldModel(nn.Module):
         """Latent ``[..., D, h, w]`` -> action ``(latent - centre) / half`` clipped to [-1, 1]."""
         centre, half = self._scale_view(latent)
         return ((latent - centre) / half).clamp(-1.0, 1.0)
+
+    def get_extra_state(self) -> dict:
+        """Saves the context-dropout generator so a resumed run draws the same masks."""
+        return {"generator_state": self.generator.get_state()}
+
+    def set_extra_state(self, state: dict) -> None:
+        if isinstance(state, dict) and "generator_state" in state:
+            self.generator.set_state(state["generator_state"].cpu())
 
     # ------------------------------------------------------------------ persistence
     def fingerprint(self) -> str:

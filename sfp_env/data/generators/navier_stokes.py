@@ -34,6 +34,7 @@ restriction of the solver field, not a filtered average.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -329,16 +330,39 @@ def solve(
     ctx = _StepContext(g, f_h, 1.0 + half, 1.0 - half, dt, bool(dealias))
     step = SCHEMES[scheme]
     every = steps // record_steps
-    w_h = torch.fft.rfft2(w0)
     out = torch.empty((w0.shape[0], record_steps, n, n), dtype=w0.dtype, device=w0.device)
-    for j in range(steps):
-        w_h = step(w_h, ctx)
-        if (j + 1) % every == 0:
-            r = (j + 1) // every
-            out[:, r - 1] = torch.fft.irfft2(w_h, s=(n, n))
-            if callback is not None:
-                callback(r)
+    with _threads_for(w0):
+        w_h = torch.fft.rfft2(w0)
+        for j in range(steps):
+            w_h = step(w_h, ctx)
+            if (j + 1) % every == 0:
+                r = (j + 1) // every
+                out[:, r - 1] = torch.fft.irfft2(w_h, s=(n, n))
+                if callback is not None:
+                    callback(r)
     return out
+
+
+#: below this many values per batch, CPU solves run on one thread (see _threads_for)
+SMALL_PROBLEM = 2**16
+
+
+@contextlib.contextmanager
+def _threads_for(w0: torch.Tensor):
+    """Run small CPU problems on one intra-op thread, restoring the setting afterwards.
+
+    The batched FFTs of a small grid take microseconds; splitting them over threads costs more
+    in synchronisation than it saves, and when the cores are shared (parallel test workers,
+    several ranks) a small solve was measured 5-20x slower on two threads than on one."""
+    if w0.device.type != "cpu" or w0.numel() >= SMALL_PROBLEM or torch.get_num_threads() == 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def courant_number(w: torch.Tensor, dt: float) -> torch.Tensor:
@@ -456,9 +480,11 @@ def generate_navier_stokes(
     runs ``burn_in`` time units unrecorded, then records ``frames`` snapshots one time unit apart
     (the first at ``t = burn_in``; with the default burn_in = 0 that is the initial field, as
     FNO's data set starts from it). Defaults: 96/24/24 trajectories of 30 frames, i.e. 192/48/48
-    windows of 10 + 10 frames at stride 10 (1056/264/264 at stride 1). Solved on ``solver_size^2`` with ``dt`` (CFL, module
-    docstring) and spectrally truncated to ``size^2``. Trajectories are solved in fixed chunks of
-    ``batch_size`` indices (one batched FFT per term), so a smaller set is a prefix of a larger.
+    windows of 10 + 10 frames at stride 10 (1056/264/264 at stride 1). Solved on
+    ``solver_size^2`` with ``dt`` (CFL, module docstring) and spectrally truncated to
+    ``size^2``. Trajectories are solved in fixed chunks of ``batch_size`` indices (one batched
+    FFT per term), so a smaller set is a prefix of a larger one. The full default set takes
+    about 2 minutes on two CPU cores.
 
     Variables ``vorticity``, ``u``, ``v`` are ``(sample, time, y, x)`` float32; attributes
     ``viscosity``, ``seed``, ``split``, ``solver_resolution``, ``dt``, ``burn_in``, ``forcing``.

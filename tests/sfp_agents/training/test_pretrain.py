@@ -18,7 +18,13 @@ import yaml
 
 from sfp_agents.cli import main
 from sfp_agents.config import GWMRunConfig, load_config
-from sfp_agents.training.pretrain import BEST_FILE, all_chunks, chunk_windows, pretrain
+from sfp_agents.training.pretrain import (
+    BEST_FILE,
+    all_chunks,
+    chunk_windows,
+    pretrain,
+    sample_image,
+)
 from sfp_env.config import to_dict
 from sfp_env.errors import ConfigError
 from sfp_env.world_model import GenerativeWorldModel
@@ -238,3 +244,15 @@ def test_chunk_windows_match_a_reference_loop() -> None:
     torch.testing.assert_close(ctx_all[1], seq[0, 3:6])
     empty, _, _ = chunk_windows(inputs, targets, chunk, in_frames=0, chunk_frames=2)
     assert empty.shape == (5, 0, 2, 3, 3)
+
+
+def test_sample_image_panel() -> None:
+    context = torch.linspace(0, 1, 13 * 8 * 8).reshape(13, 1, 8, 8)
+    truth = torch.full((2, 1, 8, 8), 0.5)
+    recon = torch.full((2, 1, 8, 8), 3.0)  # out of range: clipped
+    image = sample_image(context, truth, recon)
+    # 4 context frames + 2 + 2, gaps of 2 within groups and 6 between them
+    assert image.shape == (1, 1, 8, 8 * 8 + 2 * (3 + 1 + 1) + 6 * 2)
+    assert image.min() >= 0.0 and image.max() <= 1.0
+    np.testing.assert_allclose(image[0, 0, :, -8:], 1.0)
+    assert sample_image(None, truth, recon).shape == (1, 1, 8, 8 * 4 + 2 * 2 + 6)

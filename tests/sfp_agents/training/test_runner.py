@@ -23,7 +23,7 @@ from sfp_agents.training.runner import (
     make_loader,
     start_run,
 )
-from sfp_env.errors import ConfigError, TrainingError
+from sfp_env.errors import CheckpointError, ConfigError, TrainingError
 
 
 class ToyData(Dataset):
@@ -65,6 +65,7 @@ def _train(
     nan_at: int | None = None,
     seen: list[list[int]] | None = None,
     val_draws: bool = False,
+    batch_size: int = 3,
 ):
     config = {
         "run_dir": str(run_dir),
@@ -81,7 +82,7 @@ def _train(
         run,
         model=model,
         optimizer=optimizer,
-        train_loader=make_loader(ToyData(10, nan_at), batch_size=3, seed=0),
+        train_loader=make_loader(ToyData(10, nan_at), batch_size=batch_size, seed=0),
         scheduler=lambda opt, total: build_scheduler(opt, optim, total),
         epochs=epochs,
         max_steps=max_steps,
@@ -198,6 +199,13 @@ def test_checkpoints_are_pruned_and_marked(tmp_path: Path) -> None:
     assert not list(run.state_dir.glob(".tmp_*"))
     assert [h["epoch"] for h in result.history] == [0, 1]
     assert all(math.isfinite(h["val/mse"]) and "train/loss" in h for h in result.history)
+
+
+def test_resume_with_another_data_order_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(_Killed):
+        _train(tmp_path / "run", kill_at=3)
+    with pytest.raises(CheckpointError, match="batches per epoch"):
+        _train(tmp_path / "run", resume=True, batch_size=2)
 
 
 def test_run_dir_holding_another_run_is_refused(tmp_path: Path) -> None:

@@ -244,10 +244,11 @@ def test_shipped_agent_configs() -> None:
 
 
 def _two_process_train(run_dir: str, wm_path: str, out_dir: str) -> None:
+    # the forked child must not reuse the parent's (single-process) Accelerate state
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-    torch.set_num_threads(1)
     acc = Accelerator(cpu=True)
+    torch.set_num_threads(1)  # after Accelerator, which sets 2; OpenMP threads hang after fork
     config = make_config(Path(run_dir), Path(wm_path), **{"train.epochs": 2})
     result = train_agent(config, accelerator=acc, tensorboard=False, progress=False)
     record = {"processes": acc.num_processes, "steps": result.steps,

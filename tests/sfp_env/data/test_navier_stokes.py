@@ -25,16 +25,6 @@ from sfp_env.data.generators.navier_stokes import (
 from sfp_env.errors import ConfigError, ShapeError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The fields here are tiny (16-64 squared): one thread avoids synchronisation overhead that
-    dominates small FFTs when the two cores are shared with other test processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _grid_xy(n: int, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
     t = torch.arange(n, dtype=dtype) / n
     y, x = torch.meshgrid(t, t, indexing="ij")  # rows are y, columns are x

@@ -1,0 +1,133 @@
+"""ForecasterPolicy (frozen world model decoder) and SupervisedForecaster (MSE baseline)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from sfp_agents.policies import (
+    BACKBONES,
+    ForecasterPolicy,
+    SupervisedForecaster,
+    build_backbone,
+)
+from sfp_env.errors import ConfigError, ShapeError
+from sfp_env.world_model import GenerativeWorldModel, WorldModelConfig
+
+T_IN, T_F, STEPS, SIZE = 3, 2, 2, 16
+
+
+def world_model() -> GenerativeWorldModel:
+    config = WorldModelConfig(
+        in_frames=T_IN, chunk_frames=T_F, channels=1, height=SIZE, width=SIZE, latent_dim=4,
+        codebook_size=16, hidden=4, top_k=3, output_activation="sigmoid",
+    )
+    return GenerativeWorldModel(config)
+
+
+def context(batch: int = 2) -> torch.Tensor:
+    return torch.rand(batch, T_IN, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+
+
+def policy(name: str = "resnet", wm: GenerativeWorldModel | None = None) -> ForecasterPolicy:
+    backbone = build_backbone(name, T_IN, 1, SIZE, SIZE, hidden=8)
+    return ForecasterPolicy(backbone, wm or world_model(), steps=STEPS)
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_forecast_shapes_and_gradients_reach_only_the_policy(name: str) -> None:
+    agent = policy(name)
+    x = context()
+    actions = agent.actions(x)
+    assert actions.shape == (2, STEPS, *agent.world_model.latent_shape)
+    assert float(actions.detach().abs().max()) <= 1.0
+    forecast = agent(x)
+    assert forecast.shape == (2, STEPS * T_F, 1, SIZE, SIZE) and agent.out_frames == STEPS * T_F
+    forecast.mean().backward()
+    grads = [p.grad for p in agent.backbone.parameters()]
+    assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
+    assert all(p.grad is not None for p in agent.head.parameters())
+    assert all(p.grad is None and not p.requires_grad for p in agent.world_model.parameters())
+
+
+def test_world_model_is_frozen_and_outside_the_module_tree() -> None:
+    wm = world_model()
+    agent = policy(wm=wm)
+    assert agent.world_model is wm and wm.is_frozen
+    wm_ids = {id(p) for p in wm.parameters()}
+    assert not wm_ids & {id(p) for p in agent.parameters()}
+    assert not any(k.startswith(("_world_model", "world_model")) for k in agent.state_dict())
+    agent.train()
+    assert agent.training and not wm.training
+    agent.double()  # _apply reaches the world model (dtype here; device works the same way)
+    assert wm.dtype == torch.float64
+    assert agent(context().double()).dtype == torch.float64
+    clone = copy.deepcopy(agent)
+    assert clone.world_model is not wm
+
+
+def test_quantized_forecast_decodes_the_top1_codes_with_straight_through() -> None:
+    agent = policy()
+    wm, x = agent.world_model, context()
+    with torch.no_grad():
+        intentions = agent.intentions(x)
+        forecast = agent.forecast(x)
+        history, chunks = x, []
+        for s in range(STEPS):
+            chunks.append(wm.decode(wm.quantize(intentions[:, s], 1)[:, 0], history))
+            history = torch.cat([history, chunks[-1]], dim=1)[:, -T_IN:]
+        continuous = agent.forecast(x, quantize=False)
+    torch.testing.assert_close(forecast, torch.cat(chunks, dim=1))
+    assert not torch.allclose(forecast, continuous)
+    torch.testing.assert_close(
+        intentions, wm.action_to_latent(agent.actions(x).detach())
+    )
+    # straight-through: the quantized forecast still has a gradient w.r.t. the intentions
+    z = intentions.clone().requires_grad_(True)
+    agent.decode(x, z, quantize=True).square().mean().backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+
+
+def test_policy_errors() -> None:
+    wm = world_model()
+    with pytest.raises(ConfigError, match="steps"):
+        ForecasterPolicy(build_backbone("resnet", T_IN, 1, SIZE, SIZE), wm, steps=0)
+    coarse = ForecasterPolicy(build_backbone("resnet", T_IN, 1, SIZE, SIZE, downsample=2), wm, 2)
+    with pytest.raises(ShapeError, match="downsample"):
+        coarse(context())
+    agent = policy(wm=wm)
+    with pytest.raises(ShapeError, match="intentions"):
+        agent.decode(context(), torch.zeros(2, STEPS + 1, *wm.latent_shape))
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_supervised_forecaster_shapes_and_gradients(name: str) -> None:
+    backbone = build_backbone(name, T_IN, 1, SIZE, SIZE, hidden=8)
+    model = SupervisedForecaster(backbone, out_frames=4, channels=1, height=SIZE, width=SIZE)
+    x = context()
+    out = model(x)
+    assert out.shape == (2, 4, 1, SIZE, SIZE)
+    model.loss(x, torch.zeros_like(out)).backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_supervised_forecaster_learns_and_validates() -> None:
+    torch.manual_seed(0)
+    backbone = build_backbone("resnet", T_IN, 1, SIZE, SIZE, hidden=8)
+    model = SupervisedForecaster(backbone, out_frames=4, channels=1, height=SIZE, width=SIZE)
+    x = context(4)
+    target = x[:, -1:].repeat(1, 4, 1, 1, 1)  # persistence: learnable from the context
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = float(model.loss(x, target).detach())
+    for _ in range(20):
+        opt.zero_grad()
+        loss = model.loss(x, target)
+        loss.backward()
+        opt.step()
+    assert float(model.loss(x, target).detach()) < 0.5 * first
+    with pytest.raises(ShapeError, match="target"):
+        model.loss(x, target[:, :3])
+    with pytest.raises(ConfigError, match="downsample"):
+        SupervisedForecaster(backbone, 4, 1, SIZE, SIZE, downsample=3)
