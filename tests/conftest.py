@@ -9,7 +9,9 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Tiny test models run fastest single-threaded; two threads spin against each other on a
+# loaded 2-core machine.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

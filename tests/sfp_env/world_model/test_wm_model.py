@@ -227,3 +227,25 @@ def test_forward_batch_mismatch_leaves_codebook_alone(tiny_model, frames):
     with pytest.raises(ShapeError, match="batch sizes differ"):
         m(frames(3, 3), frames(2, 2))
     assert torch.equal(before, m.quantizer.codebook)
+
+
+def test_context_dropout_zeroes_context_per_sample_in_training_only(tiny_config, frames):
+    m = GenerativeWorldModel(tiny_config.replace(context_dropout=0.5))
+    m.quantizer.set_codebook(torch.randn(32, 4, generator=torch.Generator().manual_seed(1)))
+    ctx, tgt = frames(8, 3), frames(8, 2, seed=1)
+    zq = m.quantize(m.encode(tgt), 1)[:, 0]
+    with_ctx = m._decode(m.context_features(ctx), zq.unsqueeze(1))[:, 0]
+    no_ctx = m._decode([torch.zeros_like(f) for f in m.context_features(ctx)],
+                       zq.unsqueeze(1))[:, 0]
+    state = m.generator.get_state()
+    m.quantizer.eval()  # keep the codebook fixed; only the model's dropout is under test
+    m.train()
+    m.quantizer.eval()
+    recon, _, _ = m(ctx, tgt)
+    dropped = torch.tensor([torch.allclose(recon[i], no_ctx[i], atol=1e-6) for i in range(8)])
+    kept = torch.tensor([torch.allclose(recon[i], with_ctx[i], atol=1e-6) for i in range(8)])
+    assert torch.all(dropped ^ kept) and dropped.any() and kept.any()
+    m.generator.set_state(state)  # same generator state -> same masks
+    torch.testing.assert_close(m(ctx, tgt)[0], recon)
+    m.eval()
+    torch.testing.assert_close(m(ctx, tgt)[0], with_ctx, atol=1e-6, rtol=1e-6)
