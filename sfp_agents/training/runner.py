@@ -629,6 +629,7 @@ class Trainer:
     Args:
         accelerator: from :func:`start_run`.
         run: the opened :class:`RunDirectory`.
+        model, optimizer, train_loader: prepared here (``trainer.model`` etc. afterwards).
         scheduler: an LR scheduler stepped once per optimizer step, or a factory
             ``(optimizer, total_steps) -> scheduler`` called once the loader is prepared (its
             per-process length decides ``total_steps``); checkpointed with the run.

@@ -123,6 +123,7 @@ def ensure_embedded(name: str, seed: int = 0, *, progress: bool = False, **param
         print(notice, file=sys.stderr, flush=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder}.tmp-", dir=root))
         try:
+            os.chmod(tmp, 0o755)  # mkdtemp makes it private; the data is not secret
             start = time.perf_counter()
             entry(tmp, seed, progress=progress, **record["params"])
             record["seconds"] = round(time.perf_counter() - start, 2)

@@ -62,7 +62,6 @@ class GenerativeWorldModel(nn.Module):
         self.config = config
         c = config
         levels = c.downsample.bit_length() - 1
-        self._activation = OUTPUT_ACTIVATIONS.get(c.output_activation)
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
             torch.manual_seed(c.seed)
             self.context_encoder = (
@@ -256,8 +255,9 @@ class GenerativeWorldModel(nn.Module):
         if features is not None:
             features = [f.unsqueeze(1).expand(-1, n, *f.shape[1:]).reshape(b * n, *f.shape[1:])
                         for f in features]
-        out = self._activation(self.decoder(latents.reshape(b * n, d, h, w), features))
         c = self.config
+        activation = OUTPUT_ACTIVATIONS.get(c.output_activation)  # looked up: keeps it picklable
+        out = activation(self.decoder(latents.reshape(b * n, d, h, w), features))
         return out.view(b, n, c.chunk_frames, c.channels, c.height, c.width)
 
     def decode(self, latent: Tensor, context: Tensor | None) -> Tensor:

@@ -32,7 +32,11 @@ __all__ = [
 
 #: name -> elementwise function applied to the decoder output.
 OUTPUT_ACTIVATIONS: Registry[Callable[[Tensor], Tensor]] = Registry("output_activation")
-OUTPUT_ACTIVATIONS.register("none", lambda x: x)
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+OUTPUT_ACTIVATIONS.register("none", _identity)
 OUTPUT_ACTIVATIONS.register("sigmoid", torch.sigmoid)  # data in [0, 1] (SEVIR VIL / 255)
 OUTPUT_ACTIVATIONS.register("tanh", torch.tanh)  # data in [-1, 1]
 

@@ -52,6 +52,6 @@ for _task in ("sevir", "nse", "mhw"):
     register_pretrained(
         _task,
         PRETRAINED_DIR / f"{_task}.pt",
-        command=f"sfp train-gwm --task {_task}  (then copy the best checkpoint to "
-        f"sfp_env/world_model/pretrained/{_task}.pt)",
+        command=f"sfp train-gwm --config {_task}, then copy runs/gwm_{_task}/best/"
+        f"world_model.pt to sfp_env/world_model/pretrained/{_task}.pt",
     )

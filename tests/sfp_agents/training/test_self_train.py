@@ -183,7 +183,7 @@ def test_objective_is_the_documented_weighted_sum(wm_path: Path) -> None:
     expected = (0.7 * F.mse_loss(forecast, plan.best_future) + 0.2 * F.mse_loss(forecast, truth)
                 + 0.3 * F.mse_loss(intentions, plan.latents))
     assert logs["loss"].requires_grad
-    assert float(logs["loss"]) == pytest.approx(float(expected), rel=1e-5)
+    assert float(logs["loss"].detach()) == pytest.approx(float(expected), rel=1e-5)
     assert float(logs["reward_pseudo"]) == pytest.approx(float(plan.total_reward.mean()))
     own = chunk_rewards(reward, forecast, truth, 4)
     assert own.shape == (2, 3)

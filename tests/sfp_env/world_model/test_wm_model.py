@@ -193,18 +193,24 @@ def test_input_errors(tiny_model, frames):
 
 
 def test_a_few_steps_reduce_reconstruction_loss(tiny_config, frames):
-    m = GenerativeWorldModel(tiny_config.replace(output_activation="sigmoid")).train()
+    m = GenerativeWorldModel(tiny_config.replace(output_activation="sigmoid"))
     opt = torch.optim.Adam(m.parameters(), lr=3e-3)
     ctx, tgt = frames(4, 3), frames(4, 2, seed=1)
-    losses = []
+
+    def eval_loss() -> float:  # eval mode: no context dropout, no codebook update
+        m.eval()
+        with torch.no_grad():
+            loss = F.mse_loss(m(ctx, tgt)[0], tgt).item()
+        m.train()
+        return loss
+
+    before = eval_loss()
     for _ in range(25):
         recon, vq_loss, _ = m(ctx, tgt)
-        loss = F.mse_loss(recon, tgt)
         opt.zero_grad()
-        (loss + vq_loss).backward()
+        (F.mse_loss(recon, tgt) + vq_loss).backward()
         opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.6 * losses[0]
+    assert eval_loss() < 0.6 * before
     assert all(p.grad is not None for p in m.target_encoder.parameters())
     assert all(p.grad is not None for p in m.context_encoder.parameters())
 
@@ -238,14 +244,22 @@ def test_context_dropout_zeroes_context_per_sample_in_training_only(tiny_config,
     no_ctx = m._decode([torch.zeros_like(f) for f in m.context_features(ctx)],
                        zq.unsqueeze(1))[:, 0]
     state = m.generator.get_state()
-    m.quantizer.eval()  # keep the codebook fixed; only the model's dropout is under test
     m.train()
-    m.quantizer.eval()
+    m.quantizer.eval()  # keep the codebook fixed; only the model's dropout is under test
     recon, _, _ = m(ctx, tgt)
-    dropped = torch.tensor([torch.allclose(recon[i], no_ctx[i], atol=1e-6) for i in range(8)])
-    kept = torch.tensor([torch.allclose(recon[i], with_ctx[i], atol=1e-6) for i in range(8)])
+    dropped = torch.tensor([torch.allclose(recon[i], no_ctx[i], atol=1e-5) for i in range(8)])
+    kept = torch.tensor([torch.allclose(recon[i], with_ctx[i], atol=1e-5) for i in range(8)])
     assert torch.all(dropped ^ kept) and dropped.any() and kept.any()
     m.generator.set_state(state)  # same generator state -> same masks
     torch.testing.assert_close(m(ctx, tgt)[0], recon)
     m.eval()
-    torch.testing.assert_close(m(ctx, tgt)[0], with_ctx, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(m(ctx, tgt)[0], with_ctx, atol=1e-5, rtol=1e-5)
+
+
+def test_model_pickles(tiny_model, frames):
+    import pickle
+
+    clone = pickle.loads(pickle.dumps(tiny_model))  # vector envs / subprocesses copy models
+    assert clone.fingerprint() == tiny_model.fingerprint()
+    ctx, z = frames(1, 3), torch.randn(1, *tiny_model.latent_shape)
+    torch.testing.assert_close(clone.decode(z, ctx), tiny_model.decode(z, ctx))

@@ -1,0 +1,111 @@
+"""The leaderboard pipeline end to end on the smoke suite, shrunk to a tiny world model and tiny
+embedded data so it runs in seconds: JSON schema, every row really trained (losses fell), the
+Markdown rendered from the JSON alone, and a user-registered backbone appearing as a row."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from benchmarks.leaderboard import load_suite, render_markdown, run_suite, summarize
+from sfp_agents.policies import BACKBONES, register_backbone
+from sfp_env.world_model import GenerativeWorldModel, WorldModelConfig
+
+SIZE = 16
+TINY_DATA = "data_kwargs={embedded: {n_train: 2, n_val: 1, n_test: 1, size: 16}}"
+
+
+class _PluginNet(nn.Module):
+    """A user's backbone: frames stacked as channels, one strided conv to the latent grid."""
+
+    def __init__(self, in_frames: int, channels: int, height: int, width: int,
+                 downsample: int = 4, hidden: int | None = None) -> None:
+        super().__init__()
+        self.out_channels = hidden or 8
+        self.net = nn.Conv2d(in_frames * channels, self.out_channels, downsample, downsample)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c, h, w = x.shape
+        return self.net(x.reshape(b, t * c, h, w))
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    root = tmp_path_factory.mktemp("leaderboard")
+    wm = GenerativeWorldModel(WorldModelConfig(
+        in_frames=13, chunk_frames=4, channels=1, height=SIZE, width=SIZE, latent_dim=4,
+        codebook_size=16, hidden=4, top_k=4, output_activation="sigmoid", seed=0,
+    ))
+    wm_path = wm.save_pretrained(root / "wm.pt", data={}, metrics={})
+    if "plugin_net" not in BACKBONES:
+        register_backbone("plugin_net", _PluginNet)
+    name, suite = load_suite("smoke")
+    suite = dataclasses.replace(
+        suite, tasks=["sevir"], backbones=["resnet", "plugin_net"], seeds=[0, 1], episodes=None,
+        eval_batch_size=4,
+        overrides=[*suite.overrides, "train.epochs=3", "train.batch_size=2",
+                   "train.limit_train_samples=2", "backbone.kwargs={hidden: 8}",
+                   "optim.warmup_steps=0", "optim.schedule=constant", "optim.lr=3e-3"],
+        task_overrides={"sevir": [TINY_DATA, f"world_model={wm_path}"]}, panels=False,
+    )
+    out = run_suite(name, suite, out_dir=root / "results", run_root=root / "runs")
+    return out, root / "results"
+
+
+def test_json_schema_and_files(results: tuple[dict, Path]) -> None:
+    out, out_dir = results
+    on_disk = json.loads((out_dir / "smoke.json").read_text())
+    for key in ("schema_version", "suite", "command", "package_version", "git_commit", "hardware",
+                "config", "tasks", "runs", "summary", "wall_time_s", "created_utc"):
+        assert key in on_disk, key
+    assert on_disk["suite"] == "smoke" and on_disk["config"]["seeds"] == [0, 1]
+    # one baseline + one +SFP run per (task, backbone, seed)
+    assert len(on_disk["runs"]) == 1 * 2 * 2 * 2
+    for run in on_disk["runs"]:
+        assert run["mode"] in ("baseline", "sfp")
+        assert {"csi_m", "mse", "ssim", "csi_pool4", "csi_pool16"} <= set(run["metrics"])
+        assert run["train_wall_s"] >= 0 and Path(run["checkpoint"]).is_file()
+
+
+def test_every_row_was_really_trained(results: tuple[dict, Path]) -> None:
+    out, _ = results
+    for run in out["runs"]:
+        assert run["loss_key"] == "train/loss"
+        assert len(run["history"]) == 3
+        assert math.isfinite(run["loss_first"]) and math.isfinite(run["loss_last"])
+        assert run["loss_last"] < run["loss_first"], (run["backbone"], run["mode"], run["seed"])
+
+
+def test_markdown_is_generated_from_the_json(results: tuple[dict, Path]) -> None:
+    _, out_dir = results
+    on_disk = json.loads((out_dir / "smoke.json").read_text())
+    md = (out_dir / "smoke.md").read_text()
+    assert md == render_markdown(on_disk)
+    # the summary is a pure function of the runs
+    recomputed = json.loads(json.dumps(summarize(on_disk)))
+    assert recomputed["tasks"] == on_disk["summary"]["tasks"]
+    # a changed number changes the table
+    on_disk["runs"][0]["metrics"]["csi_m"] += 0.5
+    on_disk.pop("summary")
+    assert render_markdown(on_disk) != md
+    assert "Reproduce: `sfp leaderboard --suite smoke`" in md
+
+
+def test_plugin_backbone_appears_as_a_row(results: tuple[dict, Path]) -> None:
+    out, out_dir = results
+    rows = [r for r in out["summary"]["rows"] if r["task"] == "sevir"]
+    assert sorted(r["backbone"] for r in rows) == ["plugin_net", "resnet"]
+    assert "| plugin_net | beam |" in (out_dir / "smoke.md").read_text()
+
+
+def test_unknown_suite_names_the_shipped_ones() -> None:
+    from sfp_env.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="smoke"):
+        load_suite("no_such_suite")
