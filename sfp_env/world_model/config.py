@@ -41,6 +41,12 @@ class WorldModelConfig:
             channels.
         ema_decay: decay of the EMA codebook statistics, in (0, 1).
         commitment: weight of the commitment loss ||z - sg(code)||^2.
+        commitment_data_scaled: multiply the commitment loss by the (detached) variance of the
+            target batch, so that ``MSE(recon, target) + vq_loss`` weighs the two terms like
+            ``MSE / Var(data) + commitment * ||z - sg(code)||^2`` (the VQ-VAE reference
+            implementation, Sonnet, divides the reconstruction error by the data variance).
+            Without it, data of small variance (sparse storms in [0, 1]) lets the commitment
+            term dominate and collapse the encoder.
         dead_code_threshold: a code whose EMA usage (assignments per batch) falls below this is
             restarted from a random encoder output of the current batch; in [0, 1) because a
             restarted code starts at usage 1, so an unused code is restarted after
@@ -49,10 +55,10 @@ class WorldModelConfig:
         conditional: decode with skip connections from the context encoder (False: plain
             reconstruction, ``context=None``, e.g. the 69-variable climate setup).
         context_dropout: probability, per training sample, of zeroing the context features in
-            :meth:`GenerativeWorldModel.forward`, in [0, 1). Without it the decoder learns to
-            predict from the context alone and the commitment loss collapses the encoder to a
-            constant latent (the K codes then decode to the same future); dropping the context
-            forces the latent to carry the future.
+            :meth:`GenerativeWorldModel.forward`, in [0, 1). The decoder could learn to predict
+            from the context alone, leaving a latent the output does not depend on (the K codes
+            would then decode to the same future); decoding some samples from the latent alone
+            keeps the latent carrying the future.
         top_k: default K of :meth:`GenerativeWorldModel.imagine`; at most ``codebook_size``.
         output_activation: name in ``OUTPUT_ACTIVATIONS`` ("none", "sigmoid" for [0, 1] data,
             "tanh" for [-1, 1] data).
@@ -70,9 +76,10 @@ class WorldModelConfig:
     hidden: int = 24
     ema_decay: float = 0.99
     commitment: float = 0.25
+    commitment_data_scaled: bool = True
     dead_code_threshold: float = 0.9
     conditional: bool = True
-    context_dropout: float = 0.5
+    context_dropout: float = 0.1
     top_k: int = 10
     output_activation: str = "none"
     seed: int = 0
@@ -131,7 +138,7 @@ class WorldModelConfig:
         if not 0.0 <= self.context_dropout < 1.0:
             raise ConfigError(
                 f"WorldModelConfig.context_dropout must lie in [0, 1), got {self.context_dropout}",
-                fix="use e.g. 0.5, or 0 to always give the decoder the context",
+                fix="use e.g. 0.1, or 0 to always give the decoder the context",
             )
         if self.top_k > self.codebook_size:
             raise ConfigError(

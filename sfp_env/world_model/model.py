@@ -281,10 +281,12 @@ class GenerativeWorldModel(nn.Module):
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Reconstruct ``target`` [B, T_f, C, H, W] through the top-1 code.
 
-        Returns ``(recon [B, T_f, C, H, W], vq_loss (commitment term), stats)``; stats are
-        detached 0-d tensors (perplexity, usage, restarted, commit_mse). The training loss is
-        ``MSE(recon, target) + vq_loss``. In training mode the EMA codebook is updated and each
-        sample's context features are zeroed with probability ``config.context_dropout``.
+        Returns ``(recon [B, T_f, C, H, W], vq_loss, stats)``: ``vq_loss`` is the commitment
+        term, ``commitment * MSE(z, sg(code))``, times the batch's target variance when
+        ``config.commitment_data_scaled``; stats are detached 0-d tensors (perplexity, usage,
+        restarted, commit_mse). The training loss is ``MSE(recon, target) + vq_loss``. In
+        training mode the EMA codebook is updated and each sample's context features are zeroed
+        with probability ``config.context_dropout``.
         """
         features = self.context_features(context)
         latent = self.encode(target)
@@ -295,6 +297,8 @@ class GenerativeWorldModel(nn.Module):
                 fix="pass one context per target sample",
             )
         z_q, vq_loss, stats = self.quantizer(latent)
+        if self.config.commitment_data_scaled:
+            vq_loss = vq_loss * target.detach().var()
         if features is not None and self.training and self.config.context_dropout > 0:
             b = latent.shape[0]
             keep = torch.rand(b, generator=self.generator) >= self.config.context_dropout

@@ -239,7 +239,8 @@ def nse_root(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def fx():
-    """This module: the writers and exact-value formulas above, for the tests."""
-    import sys
+    """This module's writers and exact-value formulas, for the tests (a namespace of its globals:
+    several conftest.py files share the module name "conftest", so sys.modules can't tell)."""
+    import types
 
-    return sys.modules[__name__]
+    return types.SimpleNamespace(**globals())

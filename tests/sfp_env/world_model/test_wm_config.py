@@ -41,6 +41,7 @@ def test_unconditional_allows_zero_in_frames():
         ({"ema_decay": 1.0}, "ema_decay"),
         ({"commitment": -0.1}, "commitment"),
         ({"dead_code_threshold": 1.5}, "dead_code_threshold"),
+        ({"context_dropout": 1.0}, "context_dropout"),
         ({"output_activation": "sigmoidd"}, "output_activation"),
     ],
 )

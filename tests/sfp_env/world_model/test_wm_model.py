@@ -263,3 +263,52 @@ def test_model_pickles(tiny_model, frames):
     assert clone.fingerprint() == tiny_model.fingerprint()
     ctx, z = frames(1, 3), torch.randn(1, *tiny_model.latent_shape)
     torch.testing.assert_close(clone.decode(z, ctx), tiny_model.decode(z, ctx))
+
+
+@pytest.mark.parametrize("scaled", [True, False])
+def test_vq_loss_is_commitment_times_data_variance(tiny_config, frames, scaled):
+    m = GenerativeWorldModel(tiny_config.replace(commitment_data_scaled=scaled, commitment=0.5))
+    m.quantizer.set_codebook(torch.randn(32, 4, generator=torch.Generator().manual_seed(1)))
+    m.eval()
+    ctx, tgt = frames(2, 3), frames(2, 2, seed=1) * 0.1  # small data variance
+    _, vq_loss, stats = m(ctx, tgt)
+    expected = 0.5 * stats["commit_mse"] * (tgt.var() if scaled else 1.0)
+    torch.testing.assert_close(vq_loss.detach(), expected)
+
+
+def _moving_blobs(gen: torch.Generator, b: int, size: int = 16) -> tuple[torch.Tensor, ...]:
+    """3 context + 2 target frames of a Gaussian blob whose velocity changes after the context
+    (so the context alone cannot tell the future)."""
+    grid = torch.arange(size).float()
+    pos = torch.rand(b, 2, generator=gen) * size
+    v1 = (torch.rand(b, 2, generator=gen) - 0.5) * 3
+    v2 = (torch.rand(b, 2, generator=gen) - 0.5) * 3
+    out = []
+    for t in range(5):
+        p = pos + v1 * t if t < 3 else pos + v1 * 2 + v2 * (t - 2)
+        d2 = (grid[None, :, None] - p[:, 0, None, None]) ** 2
+        d2 = d2 + (grid[None, None, :] - p[:, 1, None, None]) ** 2
+        out.append(torch.exp(-d2 / 4))
+    x = torch.stack(out, 1).unsqueeze(2)
+    return x[:, :3], x[:, 3:]
+
+
+def test_trained_decoder_depends_on_the_latent(tiny_config):
+    """Regression: with a raw MSE loss on small-variance data the commitment term used to
+    collapse the encoder to a constant latent (decode output independent of the code, ~1e-7)."""
+    gen = torch.Generator().manual_seed(0)
+    m = GenerativeWorldModel(tiny_config.replace(output_activation="sigmoid")).train()
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    for _ in range(30):
+        ctx, tgt = _moving_blobs(gen, 16)
+        recon, vq_loss, _ = m(ctx, tgt)
+        opt.zero_grad()
+        (F.mse_loss(recon, tgt) + vq_loss).backward()
+        opt.step()
+    m.eval()
+    with torch.no_grad():
+        ctx, tgt = _moving_blobs(gen, 32)
+        codes = m.quantize(m.encode(tgt), 1)[:, 0]
+        swapped = m.decode(codes.roll(1, 0), ctx)  # other samples' codes, same context
+        sensitivity = (m.decode(codes, ctx) - swapped).pow(2).mean().item()
+    assert sensitivity > 1e-5
