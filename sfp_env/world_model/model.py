@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sfp_env.config import to_dict
+from sfp_env.config import from_dict, to_dict
 from sfp_env.errors import ConfigError, ShapeError
 from sfp_env.world_model.config import WorldModelConfig
 from sfp_env.world_model.networks import (
@@ -50,8 +50,6 @@ class GenerativeWorldModel(nn.Module):
         super().__init__()
         self._frozen = False
         if isinstance(config, Mapping):
-            from sfp_env.config import from_dict
-
             config = from_dict(WorldModelConfig, config)
         if not isinstance(config, WorldModelConfig):
             raise ConfigError(
