@@ -45,6 +45,7 @@ __all__ = [
     "suite_metrics",
     "episode_blocks",
     "task_dataset",
+    "task_suite",
     "check_windows",
     "task_for_env",
     "format_table",

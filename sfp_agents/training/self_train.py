@@ -80,6 +80,7 @@ __all__ = [
     "TrainResult",
     "IntentionForecaster",
     "SFPObjective",
+    "ModeSetup",
     "TRAINING_MODES",
     "chunk_rewards",
     "train_agent",

@@ -9,7 +9,8 @@ Concurrency: the first process to ask takes an exclusive file lock (``<folder>.l
 generates into a temporary sibling folder, writes the completion marker ``.complete`` (the
 parameters as JSON) and renames the folder into place atomically. Processes that wait on the
 lock (other Accelerate ranks, pytest-xdist workers) find the marker and reuse the data. A
-folder without the marker (an interrupted run from an older layout) is regenerated.
+folder without the marker is regenerated, and temporary folders left by killed runs of the same
+key are removed by the next run (which holds the lock, so none of them is still being written).
 """
 
 from __future__ import annotations
@@ -115,6 +116,8 @@ def ensure_embedded(name: str, seed: int = 0, *, progress: bool = False, **param
             return target
         if target.exists():  # leftover without marker: not trusted
             shutil.rmtree(target)
+        for stale in root.glob(f".{folder}.tmp-*"):  # from a killed run (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
         notice = (
             f"sfp: generating embedded {name!r} data (seed {seed}) in {target} "
             "(once; reused afterwards)"

@@ -82,9 +82,11 @@ def test_a_failed_generation_leaves_nothing_and_is_retried(counting):
     target = embedded_path("counting", fail=True)
     target.mkdir()  # an incomplete folder (no marker) is not trusted
     (target / "junk").write_text("x")
+    stale = counting / f".{target.name}.tmp-killed"  # left by a killed run
+    stale.mkdir()
     with pytest.raises(RuntimeError):
         ensure_embedded("counting", fail=True)
-    assert not target.exists()
+    assert not target.exists() and not stale.exists()
 
 
 def _worker(queue, cache: str) -> None:
