@@ -34,17 +34,21 @@ def _batches(dataset: Any, limit: int | None, batch_size: int):
 def world_model_quality(
     model: GenerativeWorldModel, task: str, split: str = "test", max_samples: int | None = 64,
     batch_size: int = 16, mean_samples: int = 64, data_root: str | None = None,
+    data_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, float]:
     """MSE of the top-1 reconstruction of the first future chunk vs persistence and the mean
-    field, over the first ``max_samples`` windows of ``split`` (values in the data's units)."""
+    field, over the first ``max_samples`` windows of ``split`` (values in the data's units).
+
+    ``data_kwargs`` pick other data of the task's source (e.g. ``{"embedded_seed": 1,
+    "embedded": {...}}``: a fresh draw of the embedded generator the model never saw)."""
     from sfp_agents.training.evaluate import task_dataset
 
     t_f = model.config.chunk_frames
-    train = task_dataset(task, "train", data_root)
+    train = task_dataset(task, "train", data_root, data_kwargs)
     mean_field = torch.stack(
         [train[i][1][:t_f] for i in range(min(mean_samples, len(train)))]
     ).mean(0)  # [T_f, C, H, W]
-    data = task_dataset(task, split, data_root)
+    data = task_dataset(task, split, data_root, data_kwargs)
     model = model.eval()
     sums = {"model": 0.0, "persistence": 0.0, "mean_field": 0.0}
     count = 0
@@ -109,13 +113,16 @@ def main(argv: list[str] | None = None) -> int:
     copies a trained checkpoint into the shipped folder and writes its card."""
     import shutil
 
-    from sfp_env.world_model.pretrained import PRETRAINED_DIR
+    from sfp_env.world_model.pretrained import PRETRAINED, PRETRAINED_DIR
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--name", required=True)
     parser.add_argument("--task", required=True)
-    parser.add_argument("--command", required=True, help="the command that trained it")
+    parser.add_argument(
+        "--command", default=None,
+        help="the command that trained it (default: the registered one of --name)",
+    )
     parser.add_argument("--max-samples", type=int, default=64)
     args = parser.parse_args(argv)
     target = PRETRAINED_DIR / f"{args.name}.pt"
@@ -123,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     model = GenerativeWorldModel.from_pretrained(target)
     meta = torch.load(target, map_location="cpu", weights_only=True)
     quality = world_model_quality(model, args.task, max_samples=args.max_samples)
-    write_model_card(target.with_suffix(".md"), args.name, args.task, args.command, quality, meta)
+    command = args.command if args.command is not None else PRETRAINED.get(args.name).command
+    write_model_card(target.with_suffix(".md"), args.name, args.task, command, quality, meta)
     print(json.dumps(quality, indent=1))
     return 0
 

@@ -13,7 +13,10 @@ from pathlib import Path
 
 from sfp_env.registry import Registry
 
-__all__ = ["PRETRAINED", "PRETRAINED_DIR", "PretrainedEntry", "register_pretrained"]
+__all__ = [
+    "PRETRAINED", "PRETRAINED_DIR", "SHIPPED_OVERRIDES", "PretrainedEntry", "register_pretrained",
+    "shipped_command",
+]
 
 #: The folder holding the shipped ``<name>.pt`` checkpoints and ``<name>.md`` model cards.
 PRETRAINED_DIR = Path(__file__).resolve().parent
@@ -48,10 +51,25 @@ def register_pretrained(
     return entry
 
 
-for _task in ("sevir", "nse", "mhw"):
-    register_pretrained(
-        _task,
-        PRETRAINED_DIR / f"{_task}.pt",
-        command=f"sfp train-gwm --config {_task}, then copy runs/gwm_{_task}/best/"
-        f"world_model.pt to sfp_env/world_model/pretrained/{_task}.pt",
+#: The training overrides of each shipped checkpoint (on top of the shipped ``gwm_<task>.yaml``).
+SHIPPED_OVERRIDES: dict[str, str] = {
+    "sevir": "model.hidden=16 train.max_steps=200 train.val_batches=4 train.test_batches=4",
+    "nse": "model.hidden=16 train.max_steps=300 train.val_batches=4 train.test_batches=4 "
+    "train.val_every=10",
+    "mhw": "model.hidden=16 train.max_steps=200 train.val_batches=4 train.test_batches=4",
+}
+
+
+def shipped_command(task: str) -> str:
+    """The one shell command (from the repository root) that retrains the shipped ``task`` world
+    model on the embedded data and installs it here with its model card."""
+    run = f"runs/gwm_{task}_ship"
+    return (
+        f"sfp train-gwm --config {task} --run-dir {run} --cpu {SHIPPED_OVERRIDES[task]} && "
+        f"python -m sfp_agents.training.model_card --checkpoint {run}/best/world_model.pt "
+        f"--name {task} --task {task}"
     )
+
+
+for _task in SHIPPED_OVERRIDES:
+    register_pretrained(_task, PRETRAINED_DIR / f"{_task}.pt", command=shipped_command(_task))
