@@ -60,6 +60,8 @@ class SuiteConfig:
         eval_batch_size: evaluation batch size.
         overrides: ``key=value`` overrides of the Stage-2 config, common to every run.
         task_overrides: extra overrides per task name.
+        backbone_kwargs: ``backbone.kwargs`` per backbone name; a backbone not listed runs with
+            its factory's defaults (the Stage-2 config's kwargs belong to its own backbone).
         panels: write a PNG panel per task (first backbone, first seed).
     """
 
@@ -71,6 +73,7 @@ class SuiteConfig:
     eval_batch_size: int = 16
     overrides: list[str] = field(default_factory=list)
     task_overrides: dict[str, list[str]] = field(default_factory=dict)
+    backbone_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     panels: bool = True
 
 
@@ -137,6 +140,7 @@ def _run_one(
     overrides = list(suite.overrides) + list(suite.task_overrides.get(task, []))
     overrides += [
         f"mode={mode}", f"backbone.name={backbone}", f"train.seed={seed}",
+        f"backbone.kwargs={json.dumps(suite.backbone_kwargs.get(backbone, {}))}",
         f"run_dir={run_dir.as_posix()}",
     ]
     if planner is not None:

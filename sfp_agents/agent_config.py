@@ -87,21 +87,26 @@ class SFPLossConfig:
 
         pseudo_label * MSE(forecast, plan.best_future) + anchor * MSE(forecast, truth)
         + latent * MSE(intentions, plan.latents)
+        + latent_anchor * MSE(intentions, world_model.encode(truth chunks))
 
-    Latents are in the world model's latent units.
+    Latents are in the world model's latent units. ``latent_anchor`` is the supervised anchor
+    in latent space: it pulls the intention towards the frozen encoder's latent of the true
+    chunk (the future the world model itself would use), so the intention lands where the
+    top-K codes are plausible futures instead of blurry pixel averages.
     """
 
     pseudo_label: float = 1.0
     anchor: float = 0.5
     latent: float = 0.1
+    latent_anchor: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("pseudo_label", "anchor", "latent"):
+        for name in ("pseudo_label", "anchor", "latent", "latent_anchor"):
             value = getattr(self, name)
             _require("SFPLossConfig", name, isinstance(value, (int, float))
                      and not isinstance(value, bool) and math.isfinite(value) and value >= 0,
                      value, "a finite number >= 0")
-        if self.pseudo_label + self.anchor + self.latent <= 0:
+        if self.pseudo_label + self.anchor + self.latent + self.latent_anchor <= 0:
             raise ConfigError(
                 "SFPLossConfig: all three loss weights are 0, so the agent would not learn",
                 fix="give loss.pseudo_label (or loss.anchor / loss.latent) a positive weight",

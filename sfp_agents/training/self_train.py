@@ -11,6 +11,7 @@ H, W])``:
 
        loss.pseudo_label * MSE(forecast, plan.best_future)
        + loss.anchor * MSE(forecast, truth) + loss.latent * MSE(intentions, plan.latents)
+       + loss.latent_anchor * MSE(intentions, world_model.encode(truth chunks))
 
 Mode ``baseline`` trains :class:`SupervisedForecaster` on the same backbone (same seed, hence the
 same initial backbone weights), the same data order, epochs and optimizer, with
@@ -186,6 +187,16 @@ class SFPObjective:
         anchor_mse = F.mse_loss(forecast, truth)
         latent_mse = F.mse_loss(intentions, plan.latents.detach())
         loss = w.pseudo_label * pseudo_mse + w.anchor * anchor_mse + w.latent * latent_mse
+        terms = {}
+        if w.latent_anchor > 0:
+            with torch.no_grad():
+                b, s = intentions.shape[:2]
+                target = self.world_model.encode(
+                    truth.reshape(b * s, self.chunk_frames, *truth.shape[2:])
+                ).view_as(intentions)
+            latent_anchor = F.mse_loss(intentions, target)
+            loss = loss + w.latent_anchor * latent_anchor
+            terms["latent_anchor_mse"] = latent_anchor.detach()
         with torch.no_grad():
             own = chunk_rewards(self.reward, forecast.detach(), truth, self.chunk_frames).sum(1)
             reward_pseudo = plan.total_reward.mean()
@@ -195,6 +206,7 @@ class SFPObjective:
             "pseudo_mse": pseudo_mse.detach(),
             "anchor_mse": anchor_mse.detach(),
             "latent_mse": latent_mse.detach(),
+            **terms,
             "reward_pseudo": reward_pseudo,
             "reward_forecast": reward_forecast,
             "reward_gain": reward_pseudo - reward_forecast,

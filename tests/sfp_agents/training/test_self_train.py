@@ -165,14 +165,16 @@ def test_nan_loss_names_step_and_batch_and_keeps_the_last_good_state(
     assert all(torch.isfinite(p).all() for p in policy.parameters())
 
 
-def test_objective_is_the_documented_weighted_sum(wm_path: Path) -> None:
+@pytest.mark.parametrize("latent_anchor", [0.0, 0.4])
+def test_objective_is_the_documented_weighted_sum(wm_path: Path, latent_anchor: float) -> None:
     wm = GenerativeWorldModel.from_pretrained(wm_path).freeze()
     arch = policy_arch("resnet", BACKBONE_KWARGS, in_frames=13,
                        out_frames=12, chunk_frames=4, frame_shape=(1, SIZE, SIZE), downsample=4)
     model = IntentionForecaster(build_policy("sfp", arch, wm))
     planner = get_planner("beam", beam_width=2, top_k=3)
     reward = get_reward("csi_m")
-    weights = SFPLossConfig(pseudo_label=0.7, anchor=0.2, latent=0.3)
+    weights = SFPLossConfig(pseudo_label=0.7, anchor=0.2, latent=0.3,
+                            latent_anchor=latent_anchor)
     gen = torch.Generator().manual_seed(1)
     context = torch.rand(2, 13, 1, SIZE, SIZE, generator=gen)
     truth = torch.rand(2, 12, 1, SIZE, SIZE, generator=gen)
@@ -182,6 +184,13 @@ def test_objective_is_the_documented_weighted_sum(wm_path: Path) -> None:
         plan = planner.plan(context, intentions, wm, reward, truth)
     expected = (0.7 * F.mse_loss(forecast, plan.best_future) + 0.2 * F.mse_loss(forecast, truth)
                 + 0.3 * F.mse_loss(intentions, plan.latents))
+    if latent_anchor:  # the encoder's latent of every true chunk, [B, S, D, h, w]
+        encoded = torch.stack([wm.encode(truth[:, 4 * s:4 * s + 4]) for s in range(3)], dim=1)
+        expected = expected + latent_anchor * F.mse_loss(intentions, encoded)
+        assert float(logs["latent_anchor_mse"]) == pytest.approx(
+            float(F.mse_loss(intentions, encoded)), rel=1e-5)
+    else:
+        assert "latent_anchor_mse" not in logs
     assert logs["loss"].requires_grad
     assert float(logs["loss"].detach()) == pytest.approx(float(expected), rel=1e-5)
     assert float(logs["reward_pseudo"]) == pytest.approx(float(plan.total_reward.mean()))
