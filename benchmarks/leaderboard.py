@@ -121,11 +121,31 @@ def _loss_key(history: Sequence[Mapping[str, Any]]) -> str | None:
     return None
 
 
+#: written in a run's directory when its training finished: config, best checkpoint, history
+TRAINED_RECORD = "leaderboard_run.json"
+
+
+def _finished_training(path: Path, config: Any) -> dict[str, Any] | None:
+    """The record of a finished training run with exactly ``config``, or None (no record, another
+    config, or its checkpoint is gone): a suite that crashed or was stopped resumes there."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    same = json.loads(json.dumps(to_dict(config), default=str)) == record.get("config")
+    if not same or not Path(record.get("checkpoint", "")).is_file():
+        return None
+    return record
+
+
 def _run_one(
     task: str, backbone: str, planner: str | None, seed: int, suite: SuiteConfig, *,
-    run_root: Path, accelerator: Any, data_roots: Mapping[str, str],
+    run_root: Path, accelerator: Any, data_roots: Mapping[str, str], reuse: bool = False,
 ) -> dict[str, Any]:
-    """Train one model (baseline when ``planner`` is None) and evaluate it on the test split."""
+    """Train one model (baseline when ``planner`` is None) and evaluate it on the test split.
+
+    With ``reuse``, a run whose directory holds a finished training of the identical config is
+    not trained again (only evaluated), so a suite that crashed goes on where it stopped."""
     from sfp_agents.agent_config import AgentRunConfig
     from sfp_agents.config import load_config
     from sfp_agents.training.evaluate import evaluate_agent
@@ -134,9 +154,6 @@ def _run_one(
     mode = "baseline" if planner is None else "sfp"
     tag = mode if planner is None else f"sfp-{planner}"
     run_dir = run_root / task / backbone / f"seed{seed}" / tag
-    if accelerator.is_main_process and run_dir.exists():
-        shutil.rmtree(run_dir)
-    accelerator.wait_for_everyone()
     overrides = list(suite.overrides) + list(suite.task_overrides.get(task, []))
     overrides += [
         f"mode={mode}", f"backbone.name={backbone}", f"train.seed={seed}",
@@ -148,18 +165,36 @@ def _run_one(
     if task in data_roots:
         overrides.append(f"data_root={data_roots[task]}")
     config = load_config(AgentRunConfig, task, overrides)
-    t0 = time.perf_counter()
-    result = train_agent(config, accelerator=accelerator)
-    train_s = time.perf_counter() - t0
+    record_path = run_dir / TRAINED_RECORD
+    trained = _finished_training(record_path, config) if reuse else None
+    if trained is None:
+        if accelerator.is_main_process and run_dir.exists():
+            shutil.rmtree(run_dir)
+        accelerator.wait_for_everyone()
+        t0 = time.perf_counter()
+        result = train_agent(config, accelerator=accelerator)
+        trained = {
+            "config": to_dict(config),
+            "checkpoint": str(result.best_checkpoint),
+            "train_wall_s": round(time.perf_counter() - t0, 2),
+            "history": [
+                {k: v for k, v in h.items() if isinstance(v, (int, float, str))}
+                for h in result.history
+            ],
+        }
+        if accelerator.is_main_process:
+            record_path.write_text(json.dumps(trained, indent=1, default=str))
+        accelerator.wait_for_everyone()
+        trained["reused"] = False
+    else:
+        trained["reused"] = True
     t1 = time.perf_counter()
     metrics = evaluate_agent(
-        result.best_checkpoint, task, split="test", episodes=suite.episodes,
+        Path(trained["checkpoint"]), task, split="test", episodes=suite.episodes,
         batch_size=suite.eval_batch_size, seed=seed, accelerator=accelerator,
     )
     eval_s = time.perf_counter() - t1
-    history = [
-        {k: v for k, v in h.items() if isinstance(v, (int, float, str))} for h in result.history
-    ]
+    history = trained["history"]
     key = _loss_key(history)
     losses = [float(h[key]) for h in history if key in h] if key else []
     return {
@@ -169,8 +204,9 @@ def _run_one(
         "loss_key": key,
         "loss_first": losses[0] if losses else None,
         "loss_last": losses[-1] if losses else None,
-        "train_wall_s": round(train_s, 2), "eval_wall_s": round(eval_s, 2),
-        "run_dir": run_dir.as_posix(), "checkpoint": str(result.best_checkpoint),
+        "train_wall_s": trained["train_wall_s"], "eval_wall_s": round(eval_s, 2),
+        "reused_training": trained["reused"],
+        "run_dir": run_dir.as_posix(), "checkpoint": trained["checkpoint"],
         "config": to_dict(config),
     }
 
@@ -178,8 +214,12 @@ def _run_one(
 def run_suite(
     name: str, suite: SuiteConfig, *, out_dir: Path = RESULTS_DIR, run_root: Path | None = None,
     data_roots: Mapping[str, str] | None = None, command: str | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Train and evaluate the whole grid; write ``<out_dir>/<name>.json`` and ``.md``."""
+    """Train and evaluate the whole grid; write ``<out_dir>/<name>.json`` and ``.md``.
+
+    ``resume``: keep the finished trainings of an earlier (crashed or stopped) run of the same
+    suite in ``run_root`` and only evaluate them again; each run records ``reused_training``."""
     from accelerate import Accelerator
 
     for task in suite.tasks:
@@ -201,7 +241,7 @@ def run_suite(
                 for planner in [None, *suite.planners]:
                     runs.append(_run_one(
                         task, backbone, planner, seed, suite, run_root=run_root,
-                        accelerator=accelerator, data_roots=data_roots or {},
+                        accelerator=accelerator, data_roots=data_roots or {}, reuse=resume,
                     ))
     results = {
         "schema_version": SCHEMA_VERSION,
@@ -472,6 +512,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--run-root", type=Path, default=None,
                         help="where run directories go (default runs/leaderboard/<suite>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the finished trainings of an interrupted run of this suite "
+                        "(identical config; evaluation is redone)")
     parser.add_argument("overrides", nargs="*", help="extra key=value overrides of every run")
 
 
@@ -494,10 +537,12 @@ def run(args: argparse.Namespace) -> int:
                           fix=f"use task names from {sorted(TASKS)}")
     import sys
 
-    command = "sfp leaderboard " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else None
+    argv = [a for a in sys.argv[2:] if a != "--resume"]  # resuming does not change results
+    command = "sfp leaderboard " + " ".join(argv) if argv else None
     results = run_suite(name, suite, out_dir=args.out_dir, run_root=args.run_root,
                         data_roots={k: str(v) for k, v in roots.items()},
-                        command=command or f"sfp leaderboard --suite {args.suite}")
+                        command=command or f"sfp leaderboard --suite {args.suite}",
+                        resume=args.resume)
     print(render_markdown(results))
     print(f"wrote {args.out_dir / (name + '.json')} and {args.out_dir / (name + '.md')}")
     return 0

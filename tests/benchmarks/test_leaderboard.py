@@ -36,7 +36,7 @@ class _PluginNet(nn.Module):
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, dict]:
     root = tmp_path_factory.mktemp("leaderboard")
     wm = GenerativeWorldModel(WorldModelConfig(
         in_frames=13, chunk_frames=4, channels=1, height=SIZE, width=SIZE, latent_dim=4,
@@ -50,16 +50,19 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
         suite, tasks=["sevir"], backbones=["resnet", "plugin_net"], seeds=[0, 1], episodes=None,
         eval_batch_size=4,
         overrides=[*suite.overrides, "train.epochs=3", "train.batch_size=2",
-                   "train.limit_train_samples=2", "backbone.kwargs={hidden: 8}",
+                   "train.limit_train_samples=2",
                    "optim.warmup_steps=0", "optim.schedule=constant", "optim.lr=3e-3"],
         task_overrides={"sevir": [TINY_DATA, f"world_model={wm_path}"]}, panels=False,
+        backbone_kwargs={"resnet": {"hidden": 8}, "plugin_net": {"hidden": 8}},
     )
     out = run_suite(name, suite, out_dir=root / "results", run_root=root / "runs")
-    return out, root / "results"
+    # an interrupted suite resumes: the finished trainings are reused, only evaluation reruns
+    again = run_suite(name, suite, out_dir=root / "again", run_root=root / "runs", resume=True)
+    return out, root / "results", again
 
 
-def test_json_schema_and_files(results: tuple[dict, Path]) -> None:
-    out, out_dir = results
+def test_json_schema_and_files(results: tuple[dict, Path, dict]) -> None:
+    out, out_dir, _ = results
     on_disk = json.loads((out_dir / "smoke.json").read_text())
     for key in ("schema_version", "suite", "command", "package_version", "git_commit", "hardware",
                 "config", "tasks", "runs", "summary", "wall_time_s", "created_utc"):
@@ -73,8 +76,8 @@ def test_json_schema_and_files(results: tuple[dict, Path]) -> None:
         assert run["train_wall_s"] >= 0 and Path(run["checkpoint"]).is_file()
 
 
-def test_every_row_was_really_trained(results: tuple[dict, Path]) -> None:
-    out, _ = results
+def test_every_row_was_really_trained(results: tuple[dict, Path, dict]) -> None:
+    out, _, _ = results
     for run in out["runs"]:
         assert run["loss_key"] == "train/loss"
         assert len(run["history"]) == 3
@@ -82,8 +85,8 @@ def test_every_row_was_really_trained(results: tuple[dict, Path]) -> None:
         assert run["loss_last"] < run["loss_first"], (run["backbone"], run["mode"], run["seed"])
 
 
-def test_markdown_is_generated_from_the_json(results: tuple[dict, Path]) -> None:
-    _, out_dir = results
+def test_markdown_is_generated_from_the_json(results: tuple[dict, Path, dict]) -> None:
+    _, out_dir, _ = results
     on_disk = json.loads((out_dir / "smoke.json").read_text())
     md = (out_dir / "smoke.md").read_text()
     assert md == render_markdown(on_disk)
@@ -97,8 +100,8 @@ def test_markdown_is_generated_from_the_json(results: tuple[dict, Path]) -> None
     assert "Reproduce: `sfp leaderboard --suite smoke`" in md
 
 
-def test_plugin_backbone_appears_as_a_row(results: tuple[dict, Path]) -> None:
-    out, out_dir = results
+def test_plugin_backbone_appears_as_a_row(results: tuple[dict, Path, dict]) -> None:
+    out, out_dir, _ = results
     rows = [r for r in out["summary"]["rows"] if r["task"] == "sevir"]
     assert sorted(r["backbone"] for r in rows) == ["plugin_net", "resnet"]
     assert "| plugin_net | beam |" in (out_dir / "smoke.md").read_text()
@@ -109,3 +112,14 @@ def test_unknown_suite_names_the_shipped_ones() -> None:
 
     with pytest.raises(ConfigError, match="smoke"):
         load_suite("no_such_suite")
+
+
+def test_resume_reuses_finished_trainings_and_reproduces_the_numbers(
+    results: tuple[dict, Path, dict],
+) -> None:
+    out, _, again = results
+    assert not any(r["reused_training"] for r in out["runs"])
+    assert all(r["reused_training"] for r in again["runs"])
+    for first, second in zip(out["runs"], again["runs"]):
+        assert first["checkpoint"] == second["checkpoint"]
+        assert first["metrics"] == pytest.approx(second["metrics"], nan_ok=True)
