@@ -108,7 +108,7 @@ class SFPLossConfig:
                      value, "a finite number >= 0")
         if self.pseudo_label + self.anchor + self.latent + self.latent_anchor <= 0:
             raise ConfigError(
-                "SFPLossConfig: all three loss weights are 0, so the agent would not learn",
+                "SFPLossConfig: all loss weights are 0, so the agent would not learn",
                 fix="give loss.pseudo_label (or loss.anchor / loss.latent) a positive weight",
             )
 

@@ -249,7 +249,7 @@ def test_shipped_agent_configs() -> None:
         load_config(AgentRunConfig, "sevir", ["mode=rl"])
     with pytest.raises(ConfigError, match="loss"):
         load_config(AgentRunConfig, "sevir", ["loss.pseudo_label=0", "loss.anchor=0",
-                                              "loss.latent=0"])
+                                              "loss.latent=0", "loss.latent_anchor=0"])
 
 
 def _two_process_train(run_dir: str, wm_path: str, out_dir: str) -> None:
