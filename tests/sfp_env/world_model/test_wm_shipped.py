@@ -38,7 +38,9 @@ FRESH_DATA = {
 @pytest.fixture(scope="module", params=NAMES)
 def shipped(request):
     entry = PRETRAINED.get(request.param)
-    assert entry.path.is_file(), f"shipped checkpoint {entry.path} missing; make it: {entry.command}"
+    assert entry.path.is_file(), (
+        f"shipped checkpoint {entry.path} missing; make it: {entry.command}"
+    )
     assert entry.card.is_file(), f"model card {entry.card} missing; make it: {entry.command}"
     return request.param, entry, GenerativeWorldModel.from_pretrained(request.param)
 
