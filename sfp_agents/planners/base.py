@@ -42,6 +42,7 @@ __all__ = [
     "resolve_reward",
     "latent_scale",
     "nan_to_neg_inf",
+    "first_step_stats",
 ]
 
 RewardFn = Callable[[Tensor, Tensor], Tensor]
@@ -77,6 +78,16 @@ class Plan:
 def nan_to_neg_inf(x: Tensor) -> Tensor:
     """Replace NaN by ``-inf`` so that NaN rewards rank last in a descending sort/top-k."""
     return torch.where(torch.isnan(x), torch.full_like(x, float("-inf")), x)
+
+
+def first_step_stats(rewards: Tensor) -> dict[str, float]:
+    """First-chunk diagnostics of ``Plan.stats`` from the rewards ``[B, N]`` of the first step's
+    ``N`` candidates (candidate 0 = the intention's own): ``reward_candidate0`` and
+    ``reward_best_first_step`` (NaN ranks last), each a mean over the batch."""
+    return {
+        "reward_candidate0": float(rewards[:, 0].mean()),
+        "reward_best_first_step": float(nan_to_neg_inf(rewards).amax(dim=1).mean()),
+    }
 
 
 def check_frozen(world_model: Any) -> None:

@@ -25,7 +25,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sfp_agents.planners.base import Plan, Planner, RewardFn, nan_to_neg_inf, register_planner
+from sfp_agents.planners.base import (
+    Plan,
+    Planner,
+    RewardFn,
+    first_step_stats,
+    nan_to_neg_inf,
+    register_planner,
+)
 from sfp_env.errors import ConfigError
 from sfp_env.registry import Registry
 
@@ -196,10 +203,7 @@ class BeamSearchPlanner(Planner):
             if n > 1:
                 stats["diversity"] += float(preds.flatten(2).std(dim=1).mean()) / steps
             if s == 0:
-                stats["reward_candidate0"] = float(rewards[:, 0, 0].mean())
-                stats["reward_best_first_step"] = float(
-                    nan_to_neg_inf(rewards[:, 0]).amax(dim=1).mean()
-                )
+                stats.update(first_step_stats(rewards[:, 0]))
 
             flat = nan_to_neg_inf(score[:, :, None] + rewards).reshape(b, beams * n)
             keep = min(self.width, beams * n)

@@ -21,6 +21,7 @@ from sfp_agents.planners.base import (
     Plan,
     Planner,
     RewardFn,
+    first_step_stats,
     latent_scale,
     nan_to_neg_inf,
     register_planner,
@@ -94,6 +95,26 @@ def _pick(x: Tensor | None, best: Tensor) -> Tensor | None:
     return x[torch.arange(x.shape[0], device=x.device), best]
 
 
+def _unperturbed_stats(step_rewards: Tensor) -> dict[str, float]:
+    """Stats of trajectory 0 (the un-perturbed intention) and the first chunk, from
+    ``step_rewards [B, P, S]``."""
+    return {
+        **first_step_stats(step_rewards[:, :, 0]),
+        "reward_unperturbed_total": float(step_rewards[:, 0].sum(1).mean()),
+    }
+
+
+def _noise(intentions: Tensor, p: int, generator: torch.Generator) -> Tensor:
+    """Standard normal ``[B, P, S, D, h, w]`` around ``intentions [B, S, D, h, w]``, zero for
+    trajectory 0 (which stays the un-perturbed intention / current mean)."""
+    noise = torch.randn(
+        intentions.shape[0], p, *intentions.shape[1:], generator=generator,
+        device=intentions.device, dtype=intentions.dtype,
+    )
+    noise[:, 0] = 0.0
+    return noise
+
+
 def _diversity(futures: Tensor) -> float:
     return float(futures.flatten(2).std(dim=1).mean()) if futures.shape[1] > 1 else 0.0
 
@@ -145,11 +166,7 @@ class RandomShootingPlanner(Planner):
         b = intentions.shape[0]
         p = self.num_samples
         generator = torch.Generator(device=intentions.device).manual_seed(self.seed)
-        noise = torch.randn(
-            b, p, *intentions.shape[1:], generator=generator,
-            device=intentions.device, dtype=intentions.dtype,
-        )
-        noise[:, 0] = 0.0
+        noise = _noise(intentions, p, generator)
         scale = latent_scale(world_model, intentions)  # [D, 1, 1]
         latents = intentions[:, None] + self.noise_scale * scale * noise
         out = rollout(world_model, context, latents, reward, truth, chunk_frames, quantize=True)
@@ -159,11 +176,7 @@ class RandomShootingPlanner(Planner):
         stats = {
             "candidates_scored": b * p * intentions.shape[1],
             "beams": p,
-            "reward_candidate0": float(out.step_rewards[:, 0, 0].mean()),
-            "reward_best_first_step": float(
-                nan_to_neg_inf(out.step_rewards[:, :, 0]).amax(1).mean()
-            ),
-            "reward_unperturbed_total": float(out.step_rewards[:, 0].sum(1).mean()),
+            **_unperturbed_stats(out.step_rewards),
             "diversity": _diversity(out.futures),
         }
         return Plan(
@@ -246,11 +259,7 @@ class CEMPlanner(Planner):
         diversity = 0.0
         stats: dict[str, Any] = {}
         for it in range(self.iterations):
-            eps = torch.randn(
-                b, p, *intentions.shape[1:], generator=generator,
-                device=intentions.device, dtype=intentions.dtype,
-            )
-            eps[:, 0] = 0.0
+            eps = _noise(intentions, p, generator)
             members = mean[:, None] + std[:, None] * eps  # [B, P, S, D, h, w]
             out = rollout(
                 world_model, context, members, reward, truth, chunk_frames, quantize=self.quantize
@@ -258,11 +267,7 @@ class CEMPlanner(Planner):
             totals = nan_to_neg_inf(out.step_rewards.sum(dim=2))  # [B, P]
             top = totals.argmax(dim=1)
             if it == 0:
-                stats["reward_candidate0"] = float(out.step_rewards[:, 0, 0].mean())
-                stats["reward_best_first_step"] = float(
-                    nan_to_neg_inf(out.step_rewards[:, :, 0]).amax(1).mean()
-                )
-                stats["reward_unperturbed_total"] = float(out.step_rewards[:, 0].sum(1).mean())
+                stats.update(_unperturbed_stats(out.step_rewards))
             candidate = Rollout(
                 futures=_pick(out.futures, top),
                 step_rewards=_pick(out.step_rewards, top),

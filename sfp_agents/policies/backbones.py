@@ -127,6 +127,13 @@ class _ConvNormAct(nn.Sequential):
         )
 
 
+def _frame_stem(cin: int, width: int, stages: int) -> nn.Sequential:
+    """Per-frame conv stem: ``cin -> width`` channels, then ``stages`` stride-2 convs (to H/ds)."""
+    layers: list[nn.Module] = [_ConvNormAct(cin, width)]
+    layers += [_ConvNormAct(width, width, stride=2) for _ in range(stages)]
+    return nn.Sequential(*layers)
+
+
 # --------------------------------------------------------------------------- simvp (gSTA)
 
 
@@ -196,9 +203,7 @@ class SimVPBackbone(Backbone):
     ) -> None:
         super().__init__(in_frames, channels, height, width, downsample)
         hid = 16 if hidden is None else hidden
-        layers: list[nn.Module] = [_ConvNormAct(channels, hid)]
-        layers += [_ConvNormAct(hid, hid, stride=2) for _ in range(self.stages)]
-        self.encoder = nn.Sequential(*layers)
+        self.encoder = _frame_stem(channels, hid, self.stages)
         self.mix = nn.Conv2d(in_frames * hid, translator, 1)
         self.blocks = nn.Sequential(
             *[_GSTABlock(translator, mlp_ratio, kernel) for _ in range(blocks)]
@@ -251,9 +256,7 @@ class ConvLSTMBackbone(Backbone):
     ) -> None:
         super().__init__(in_frames, channels, height, width, downsample)
         hid = 32 if hidden is None else hidden
-        mods: list[nn.Module] = [_ConvNormAct(channels, stem)]
-        mods += [_ConvNormAct(stem, stem, stride=2) for _ in range(self.stages)]
-        self.stem = nn.Sequential(*mods)
+        self.stem = _frame_stem(channels, stem, self.stages)
         self.cells = nn.ModuleList(
             [_ConvLSTMCell(stem if i == 0 else hid, hid, kernel) for i in range(layers)]
         )

@@ -23,9 +23,6 @@ modes start from the same backbone weights for the same seed.
 
 from __future__ import annotations
 
-import os
-import pickle
-import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +37,7 @@ from sfp_env import __version__
 from sfp_env.config import config_diff, to_dict
 from sfp_env.errors import CheckpointError, ConfigError, CorruptDataError, MissingDataError
 from sfp_env.registry import Registry
+from sfp_env.world_model.checkpoint import LOAD_ERRORS, save_atomic
 
 __all__ = [
     "AGENT_FORMAT",
@@ -280,16 +278,7 @@ def save_agent(
         "metrics": clean_metrics,
         "state_dict": {k: v.detach().cpu() for k, v in policy.state_dict().items()},
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return save_atomic(payload, path)
 
 
 def _read(path: str | Path, map_location: str | torch.device) -> dict[str, Any]:
@@ -301,8 +290,7 @@ def _read(path: str | Path, map_location: str | torch.device) -> dict[str, Any]:
         )
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError,
-            OSError, AttributeError, ImportError, IndexError, KeyError) as e:
+    except LOAD_ERRORS as e:
         raise CorruptDataError(
             f"{str(path)!r} is not a readable agent checkpoint ({type(e).__name__})",
             fix="re-train the agent; checkpoints are written by save_agent",

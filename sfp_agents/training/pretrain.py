@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import shlex
 from collections.abc import Mapping
@@ -42,16 +41,17 @@ from accelerate import Accelerator, PartialState
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
-from sfp_agents.config import GWMRunConfig, load_config, shipped_configs
+from sfp_agents.config import GWMRunConfig
 from sfp_agents.training.runner import (
     RunDirectory,
-    Trainer,
     TrainState,
+    add_config_argument,
+    add_run_arguments,
     build_accelerator,
-    build_optimizer,
-    build_scheduler,
+    build_trainer,
     evaluate_batches,
     gather_batches,
+    load_run_config,
     make_loader,
     start_run,
     step_generator,
@@ -251,26 +251,8 @@ def pretrain(
     log_images = tensorboard and any(t.name == "tensorboard" for t in acc.trackers)
 
     model = GenerativeWorldModel(model_cfg)
-    optimizer = build_optimizer(model.parameters(), config.optim)
-    trainer = Trainer(
-        acc,
-        run_dir,
-        model=model,
-        optimizer=optimizer,
-        train_loader=make_loader(train_set, train_cfg.batch_size, seed=train_cfg.seed,
-                                 num_workers=train_cfg.num_workers),
-        scheduler=lambda opt, total: build_scheduler(opt, config.optim, total),
-        epochs=train_cfg.epochs,
-        max_steps=train_cfg.max_steps,
-        save_every=train_cfg.save_every,
-        keep_last=train_cfg.keep_last,
-        grad_clip=config.optim.grad_clip,
-        best_metric="val/mse",
-        best_mode="min",
-        val_every=train_cfg.val_every,
-        log_every=train_cfg.log_every,
-        progress=progress,
-    )
+    trainer = build_trainer(acc, run_dir, model, train_set, train_cfg, config.optim,
+                            best_metric="val/mse", best_mode="min", progress=progress)
     val_loader = acc.prepare(
         make_loader(val_set, train_cfg.batch_size, shuffle=False, drop_last=False,
                     num_workers=train_cfg.num_workers)
@@ -408,28 +390,14 @@ def _test_pass(
 # --------------------------------------------------------------------------------------------
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``sfp train-gwm``."""
-    try:
-        shipped = ", ".join(shipped_configs(GWMRunConfig))
-    except ConfigError:
-        shipped = "(none)"
-    parser.add_argument("--config", required=True, metavar="NAME|PATH",
-                        help=f"shipped config name ({shipped}) or a YAML file")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in run_dir from its latest saved state")
-    parser.add_argument("--run-dir", metavar="PATH", help="output folder (overrides run_dir)")
-    parser.add_argument("--cpu", action="store_true", help="train on the CPU")
-    parser.add_argument("--no-tensorboard", action="store_true",
-                        help="do not write TensorBoard logs")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides, e.g. train.epochs=3 model.hidden=16")
+    add_config_argument(parser, GWMRunConfig)
+    add_run_arguments(parser, run_dir_help="output folder (overrides run_dir)",
+                      overrides_example="train.epochs=3 model.hidden=16")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``sfp train-gwm``; prints the best checkpoint's path."""
-    config = load_config(GWMRunConfig, args.config, args.overrides)
-    if args.run_dir:
-        config = dataclasses.replace(config, run_dir=str(args.run_dir))
+    config = load_run_config(GWMRunConfig, args, args.overrides)
     words = ["sfp", "train-gwm", "--config", str(args.config)]
     words += ["--run-dir", str(args.run_dir)] if args.run_dir else []
     words += [flag for flag, on in (("--resume", args.resume), ("--cpu", args.cpu),

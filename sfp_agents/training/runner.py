@@ -31,6 +31,7 @@ neither the in-memory model nor any saved state is touched.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
 import json
@@ -39,10 +40,10 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -53,11 +54,13 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 from tqdm.auto import tqdm
 
+from sfp_agents.config import load_config, shipped_configs
 from sfp_env.config import config_diff, to_dict
 from sfp_env.errors import CheckpointError, ConfigError, TrainingError
 
 if TYPE_CHECKING:
-    from sfp_agents.config import OptimConfig
+    from sfp_agents.agent_config import AgentTrainConfig
+    from sfp_agents.config import OptimConfig, TrainConfig
 
 __all__ = [
     "TRAINER_STATE_FILE",
@@ -66,6 +69,7 @@ __all__ = [
     "TrainState",
     "FitResult",
     "Trainer",
+    "build_trainer",
     "build_accelerator",
     "start_run",
     "make_loader",
@@ -77,6 +81,9 @@ __all__ = [
     "step_generator",
     "seed_from",
     "flatten_config",
+    "add_config_argument",
+    "add_run_arguments",
+    "load_run_config",
 ]
 
 TRAINER_STATE_FILE = "trainer_state.json"
@@ -306,6 +313,49 @@ class RunDirectory:
         if accelerator is not None:
             accelerator.wait_for_everyone()
         return self
+
+
+# --------------------------------------------------------------------------------------------
+# command line (sfp train-gwm, sfp train-agent)
+# --------------------------------------------------------------------------------------------
+RunConfigT = TypeVar("RunConfigT")
+
+
+def add_config_argument(parser: argparse.ArgumentParser, config_cls: type) -> None:
+    """Add the required ``--config NAME|PATH``; its help lists ``config_cls``'s shipped configs."""
+    try:
+        shipped = ", ".join(shipped_configs(config_cls))
+    except ConfigError:
+        shipped = ""
+    parser.add_argument("--config", required=True, metavar="NAME|PATH",
+                        help=f"shipped config name ({shipped or 'none'}) or a YAML file")
+
+
+def add_run_arguments(
+    parser: argparse.ArgumentParser, *, run_dir_help: str, overrides_example: str
+) -> None:
+    """Add the options every training command shares: ``--resume``, ``--run-dir``, ``--cpu``,
+    ``--no-tensorboard``, ``--no-progress`` and the ``KEY=VALUE`` config overrides."""
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in run_dir from its latest saved state")
+    parser.add_argument("--run-dir", metavar="PATH", help=run_dir_help)
+    parser.add_argument("--cpu", action="store_true", help="train on the CPU")
+    parser.add_argument("--no-tensorboard", action="store_true",
+                        help="do not write TensorBoard logs")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help=f"config overrides, e.g. {overrides_example}")
+
+
+def load_run_config(
+    config_cls: type[RunConfigT], args: argparse.Namespace, overrides: Sequence[str]
+) -> RunConfigT:
+    """Load ``args.config`` as ``config_cls`` with ``overrides``; ``--run-dir`` replaces the
+    config's ``run_dir``."""
+    config = load_config(config_cls, args.config, overrides)
+    if args.run_dir:
+        config = replace(config, run_dir=str(args.run_dir))
+    return config
 
 
 # --------------------------------------------------------------------------------------------
@@ -1020,3 +1070,39 @@ class Trainer:
         if partial:
             entry["partial"] = True
         state.history.append(entry)
+
+
+def build_trainer(
+    accelerator: Accelerator,
+    run: RunDirectory,
+    model: torch.nn.Module,
+    train_set: Dataset,
+    train: TrainConfig | AgentTrainConfig,
+    optim: OptimConfig,
+    *,
+    best_metric: str,
+    best_mode: Literal["min", "max"],
+    progress: bool = True,
+) -> Trainer:
+    """A :class:`Trainer` of ``model`` set up from a run config's ``train`` and ``optim``
+    sections: AdamW and LR schedule of ``optim``, an epoch-seeded loader of ``train_set``, and
+    the length, checkpointing, clipping, validation and logging settings."""
+    return Trainer(
+        accelerator,
+        run,
+        model=model,
+        optimizer=build_optimizer(model.parameters(), optim),
+        train_loader=make_loader(train_set, train.batch_size, seed=train.seed,
+                                 num_workers=train.num_workers),
+        scheduler=lambda opt, total: build_scheduler(opt, optim, total),
+        epochs=train.epochs,
+        max_steps=train.max_steps,
+        save_every=train.save_every,
+        keep_last=train.keep_last,
+        grad_clip=optim.grad_clip,
+        best_metric=best_metric,
+        best_mode=best_mode,
+        val_every=train.val_every,
+        log_every=train.log_every,
+        progress=progress,
+    )

@@ -38,7 +38,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +50,6 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
 from sfp_agents.agent_config import AGENT_MODES, RESUMABLE_KEYS, AgentRunConfig, SFPLossConfig
-from sfp_agents.config import load_config, shipped_configs
 from sfp_agents.planners import Planner, get_planner
 from sfp_agents.planners.base import check_frozen
 from sfp_agents.policies.checkpoint import build_policy, policy_arch, save_agent
@@ -63,11 +61,11 @@ from sfp_agents.training.evaluate import (
 )
 from sfp_agents.training.runner import (
     RunDirectory,
-    Trainer,
     TrainState,
-    build_optimizer,
-    build_scheduler,
-    make_loader,
+    add_config_argument,
+    add_run_arguments,
+    build_trainer,
+    load_run_config,
     start_run,
 )
 from sfp_env.envs.forecast_env import resolve_world_model
@@ -333,23 +331,10 @@ def train_agent(
     setup = TRAINING_MODES.get(config.mode)(config, policy, world_model, reward)
     suite = task_suite(spec, val_full)
 
-    trainer = Trainer(
-        acc,
-        run_dir,
-        model=setup.model,
-        optimizer=build_optimizer(setup.model.parameters(), config.optim),
-        train_loader=make_loader(train_set, train_cfg.batch_size, seed=train_cfg.seed,
-                                 num_workers=train_cfg.num_workers),
-        scheduler=lambda opt, total: build_scheduler(opt, config.optim, total),
-        epochs=train_cfg.epochs,
-        max_steps=train_cfg.max_steps,
-        save_every=train_cfg.save_every,
-        keep_last=train_cfg.keep_last,
-        grad_clip=config.optim.grad_clip,
+    trainer = build_trainer(
+        acc, run_dir, setup.model, train_set, train_cfg, config.optim,
         best_metric=f"val/{spec.domain_metric}",
         best_mode=spec.domain_mode,  # type: ignore[arg-type]
-        val_every=train_cfg.val_every,
-        log_every=train_cfg.log_every,
         progress=progress,
     )
 
@@ -398,33 +383,21 @@ def train_agent(
 # --------------------------------------------------------------------------------------------
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``sfp train-agent``."""
-    try:
-        shipped = ", ".join(shipped_configs(AgentRunConfig))
-    except ConfigError:
-        shipped = "(none)"
-    parser.add_argument("--config", required=True, metavar="NAME|PATH",
-                        help=f"shipped config name ({shipped or 'none'}) or a YAML file")
+    add_config_argument(parser, AgentRunConfig)
     parser.add_argument("--mode", choices=AGENT_MODES, default=None,
                         help="sfp (self-training with planning) or baseline (MSE); default: "
                         "the config's")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in run_dir from its latest saved state")
-    parser.add_argument("--run-dir", metavar="PATH",
-                        help="output folder (default: the config's, else runs/agent_<task>_<mode>)")
-    parser.add_argument("--cpu", action="store_true", help="train on the CPU")
-    parser.add_argument("--no-tensorboard", action="store_true",
-                        help="do not write TensorBoard logs")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides, e.g. train.epochs=3 planner.kwargs.beam_width=2")
+    add_run_arguments(
+        parser,
+        run_dir_help="output folder (default: the config's, else runs/agent_<task>_<mode>)",
+        overrides_example="train.epochs=3 planner.kwargs.beam_width=2",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``sfp train-agent``; prints the best checkpoint and the per-epoch history."""
     overrides = list(args.overrides) + ([f"mode={args.mode}"] if args.mode else [])
-    config = load_config(AgentRunConfig, args.config, overrides)
-    if args.run_dir:
-        config = dataclasses.replace(config, run_dir=str(args.run_dir))
+    config = load_run_config(AgentRunConfig, args, overrides)
     result = train_agent(config, resume=args.resume, cpu=args.cpu,
                          tensorboard=not args.no_tensorboard, progress=not args.no_progress)
     if PartialState().is_main_process:

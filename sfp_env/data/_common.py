@@ -19,7 +19,9 @@ from sfp_env.errors import ConfigError, DataError, MissingDataError
 __all__ = [
     "WindowIndex",
     "ProcessLocalCache",
+    "ProcessLocalHandles",
     "area_resize",
+    "check_choice",
     "check_frames",
     "require_dir",
     "require_file",
@@ -53,6 +55,17 @@ def require_file(path: Path, what: str, fix: str) -> Path:
     if not path.is_file():
         raise MissingDataError(f"{what}: file {str(path)!r} is not on disk", fix=fix)
     return path
+
+
+def check_choice(
+    value: Any, choices: Sequence[Any], who: str, name: str, *, fix: str, also: str = ""
+) -> None:
+    """Raise ConfigError ``"<who>: unknown <name> <value>; expected one of [...]<also>"`` unless
+    ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(
+            f"{who}: unknown {name} {value!r}; expected one of {list(choices)}{also}", fix=fix
+        )
 
 
 def check_frames(in_frames: int, out_frames: int, stride: int, *, allow_zero_out: bool = False):
@@ -228,3 +241,23 @@ class ProcessLocalCache(Generic[V]):
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["_opener"], state["_closer"], state["_maxsize"])
+
+
+class ProcessLocalHandles:
+    """Mixin of readers that keep their open files in ``self._handles`` (a ProcessLocalCache).
+
+    ``close()`` closes what this process opened; pickling (DataLoader workers) drops the cache,
+    so handles never travel between processes.
+    """
+
+    _handles: ProcessLocalCache[Any] | None
+
+    def close(self) -> None:
+        """Close the files this process opened."""
+        if self._handles is not None:
+            self._handles.clear()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handles"] = None  # handles never travel to workers
+        return state

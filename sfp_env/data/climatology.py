@@ -27,7 +27,7 @@ import torch
 import xarray as xr
 from torch.utils.data import Dataset
 
-from sfp_env.data._common import check_frames, require_dir
+from sfp_env.data._common import check_choice, check_frames, require_dir
 from sfp_env.data.netcdf import NetCDFFieldDataset, find_netcdf_files
 from sfp_env.errors import ConfigError, CorruptDataError, DataError
 
@@ -438,11 +438,8 @@ class MarineHeatwaveDataset(Dataset):
         climatology_path: str | os.PathLike | None = None,
     ) -> None:
         self.root = require_dir(root, "MarineHeatwaveDataset")
-        if split not in _SPLITS:
-            raise ConfigError(
-                f"MarineHeatwaveDataset: unknown split {split!r}; expected one of {list(_SPLITS)}",
-                fix="pass split='train', 'val', 'test' or 'all'",
-            )
+        check_choice(split, _SPLITS, "MarineHeatwaveDataset", "split",
+                     fix="pass split='train', 'val', 'test' or 'all'")
         check_frames(in_frames, out_frames, stride)
         ranges = {
             "train": _year_range(train_years, "train_years"),

@@ -30,7 +30,9 @@ from xarray.conventions import decode_cf_variable
 
 from sfp_env.data._common import (
     ProcessLocalCache,
+    ProcessLocalHandles,
     WindowIndex,
+    check_choice,
     check_frames,
     require_dir,
     year_from_name,
@@ -267,7 +269,7 @@ def find_netcdf_files(
 
 
 # ---------------------------------------------------------------------------- field dataset
-class NetCDFFieldDataset(Dataset):
+class NetCDFFieldDataset(ProcessLocalHandles, Dataset):
     """Gridded fields from netCDF files as ``(inputs [T_in, C, H, W], targets [T_out, C, H, W])``.
 
     The variable is ``(time, lat, lon)`` (C = 1) or ``(time, channel, lat, lon)`` (C = number of
@@ -312,11 +314,8 @@ class NetCDFFieldDataset(Dataset):
         join_files: bool | None = None,
     ) -> None:
         self.root = require_dir(root, "NetCDFFieldDataset")
-        if mode not in _MODES:
-            raise ConfigError(
-                f"NetCDFFieldDataset: unknown mode {mode!r}; expected one of {list(_MODES)}",
-                fix="pass mode='forecast' or mode='reconstruction'",
-            )
+        check_choice(mode, _MODES, "NetCDFFieldDataset", "mode",
+                     fix="pass mode='forecast' or mode='reconstruction'")
         check_frames(in_frames, out_frames, stride)
         if mode == "reconstruction" and out_frames not in (1, in_frames):
             raise ConfigError(
@@ -573,16 +572,6 @@ class NetCDFFieldDataset(Dataset):
             "join_files": self.join_files,
         }
 
-    def close(self) -> None:
-        """Close the files this process opened."""
-        if self._handles is not None:
-            self._handles.clear()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_handles"] = None
-        return state
-
     def __repr__(self) -> str:
         return (
             f"NetCDFFieldDataset(root={str(self.root)!r}, variable={self.variable!r}, "
@@ -592,7 +581,7 @@ class NetCDFFieldDataset(Dataset):
 
 
 # ---------------------------------------------------------------------------- NSE
-class NavierStokesDataset(Dataset):
+class NavierStokesDataset(ProcessLocalHandles, Dataset):
     """Vorticity (and velocity) windows from ``<root>/<split>.nc`` (the NSE layout).
 
     Each variable is ``(sample, time, y, x)``; windows of ``in_frames + out_frames`` steps start
@@ -611,12 +600,8 @@ class NavierStokesDataset(Dataset):
         variable: str | Sequence[str] = "vorticity",
     ) -> None:
         self.root = require_dir(root, "NavierStokesDataset")
-        if split not in NSE_SPLITS:
-            raise ConfigError(
-                f"NavierStokesDataset: unknown split {split!r}; expected one of "
-                f"{list(NSE_SPLITS)}",
-                fix="pass split='train', 'val' or 'test'",
-            )
+        check_choice(split, NSE_SPLITS, "NavierStokesDataset", "split",
+                     fix="pass split='train', 'val' or 'test'")
         check_frames(in_frames, out_frames, stride)
         self.split = split
         self.in_frames, self.out_frames, self.stride = int(in_frames), int(out_frames), int(stride)
@@ -703,16 +688,6 @@ class NavierStokesDataset(Dataset):
                       "time_steps": self.time_steps},
             "attrs": self.attrs,
         }
-
-    def close(self) -> None:
-        """Close the file this process opened."""
-        if self._handles is not None:
-            self._handles.clear()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_handles"] = None
-        return state
 
     def __repr__(self) -> str:
         return (

@@ -24,8 +24,10 @@ from torch.utils.data import Dataset
 
 from sfp_env.data._common import (
     ProcessLocalCache,
+    ProcessLocalHandles,
     WindowIndex,
     area_resize,
+    check_choice,
     check_frames,
     require_dir,
     resize_factors,
@@ -78,7 +80,7 @@ def _close_h5(handle: h5py.File) -> None:
         pass
 
 
-class SEVIRDataset(Dataset):
+class SEVIRDataset(ProcessLocalHandles, Dataset):
     """Windows of SEVIR events as ``(inputs [T_in, 1, H, W], targets [T_out, 1, H, W])``.
 
     Pixels are float32; uint8 images (``vil``) are scaled to [0, 1] by /255, other types are
@@ -110,11 +112,8 @@ class SEVIRDataset(Dataset):
     ) -> None:
         self.root = require_dir(root, "SEVIRDataset")
         split = "all" if split is None else split
-        if split not in _SPLITS:
-            raise ConfigError(
-                f"SEVIRDataset: unknown split {split!r}; expected one of {list(_SPLITS)} or None",
-                fix="pass split='train', 'val', 'test' or 'all'",
-            )
+        check_choice(split, _SPLITS, "SEVIRDataset", "split", also=" or None",
+                     fix="pass split='train', 'val', 'test' or 'all'")
         check_frames(in_frames, out_frames, stride)
         self.split = split
         self.img_type = img_type
@@ -133,7 +132,7 @@ class SEVIRDataset(Dataset):
             [frames] * len(self.events), self.in_frames + self.out_frames, self.stride,
             "SEVIR event",
         )
-        self._files_cache: ProcessLocalCache[h5py.File] | None = None
+        self._handles: ProcessLocalCache[h5py.File] | None = None
 
     # ------------------------------------------------------------------ catalog
     @staticmethod
@@ -268,11 +267,11 @@ class SEVIRDataset(Dataset):
 
     # ------------------------------------------------------------------ access
     def _open(self, file_name: str) -> h5py.File:
-        if self._files_cache is None:
-            self._files_cache = ProcessLocalCache(
+        if self._handles is None:
+            self._handles = ProcessLocalCache(
                 lambda n: _open_h5(self._path(n)), _close_h5, maxsize=32
             )
-        return self._files_cache.get(file_name)
+        return self._handles.get(file_name)
 
     def __len__(self) -> int:
         return len(self._index)
@@ -326,16 +325,6 @@ class SEVIRDataset(Dataset):
             "split_dates": [str(d.date()) for d in self.split_dates],
             "divisor": self.divisor,
         }
-
-    def close(self) -> None:
-        """Close the HDF5 files this process opened."""
-        if self._files_cache is not None:
-            self._files_cache.clear()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_files_cache"] = None  # handles never travel to workers
-        return state
 
     def __repr__(self) -> str:
         return (

@@ -163,6 +163,15 @@ def _check_bool(value: Any, name: str) -> bool:
     return bool(value)
 
 
+def _check_render_mode(render_mode: str | None, modes: Sequence[str]) -> None:
+    """Raise ConfigError unless ``render_mode`` is None or one of ``modes``."""
+    if render_mode is not None and render_mode not in modes:
+        raise ConfigError(
+            f"render_mode must be None or one of {modes}, got {render_mode!r}",
+            fix="pass render_mode='rgb_array' or 'ansi'",
+        )
+
+
 _DATASETS: OrderedDict[tuple[str, str, str, str], Any] = OrderedDict()
 _DATASETS_MAX = 32
 
@@ -433,6 +442,14 @@ class ForecastCore:
         frames = int(steps_done) * self.spec.chunk_frames
         return frames, self.spec.lead_time(frames)
 
+    def episode_spaces(self) -> tuple[spaces.Box, spaces.Box]:
+        """Observation ``Box(low, high, [T_in, C, H, W])`` and action ``Box(-1, 1, [D, h, w])``
+        (float32) of one episode."""
+        obs_shape = (self.spec.in_frames, *self.frame_shape)
+        observation = spaces.Box(low=self.low, high=self.high, shape=obs_shape, dtype=np.float32)
+        action = spaces.Box(low=-1.0, high=1.0, shape=self.latent_shape, dtype=np.float32)
+        return observation, action
+
     # ---- construction helpers ----------------------------------------------------------------
     def _build_reward(self, reward: Any, reward_kwargs: Mapping | None, dataset: Any) -> Reward:
         kwargs = dict(reward_kwargs or {})
@@ -524,12 +541,7 @@ class ForecastEnv(gym.Env):
             "device": str(device),
             "data_kwargs": None if data_kwargs is None else dict(data_kwargs),
         }
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ConfigError(
-                f"render_mode must be None or one of {self.metadata['render_modes']}, got "
-                f"{render_mode!r}",
-                fix="pass render_mode='rgb_array' or 'ansi'",
-            )
+        _check_render_mode(render_mode, self.metadata["render_modes"])
         self.teacher_forcing = _check_bool(teacher_forcing, "teacher_forcing")
         self.core = ForecastCore(
             task, data_dir, split, reward, reward_kwargs, world_model, device, data_kwargs
@@ -538,13 +550,7 @@ class ForecastEnv(gym.Env):
         self.split = split
         self.render_mode = render_mode
         self.horizon_steps = self.task.horizon_steps
-        obs_shape = (self.task.in_frames, *self.core.frame_shape)
-        self.observation_space = spaces.Box(
-            low=self.core.low, high=self.core.high, shape=obs_shape, dtype=np.float32
-        )
-        self.action_space = spaces.Box(
-            low=-1.0, high=1.0, shape=self.core.latent_shape, dtype=np.float32
-        )
+        self.observation_space, self.action_space = self.core.episode_spaces()
         self._clear_episode()
 
     # ---- properties ----------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from gymnasium import logger, spaces
+from gymnasium import logger
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
@@ -32,6 +32,7 @@ from sfp_env.envs.forecast_env import (
     RESET_OPTIONS,
     ForecastCore,
     _check_bool,
+    _check_render_mode,
     as_action_array,
 )
 from sfp_env.envs.render import render_ansi, render_rgb
@@ -115,12 +116,7 @@ class BatchedForecastVectorEnv(VectorEnv):
                 f"max_episode_steps must be None or a positive integer, got {max_episode_steps!r}",
                 fix="leave it None: episodes end when the horizon is covered",
             )
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ConfigError(
-                f"render_mode must be None or one of {self.metadata['render_modes']}, got "
-                f"{render_mode!r}",
-                fix="pass render_mode='rgb_array' or 'ansi'",
-            )
+        _check_render_mode(render_mode, self.metadata["render_modes"])
         self.num_envs = int(num_envs)
         self.max_episode_steps = None if max_episode_steps is None else int(max_episode_steps)
         self.teacher_forcing = _check_bool(teacher_forcing, "teacher_forcing")
@@ -131,13 +127,7 @@ class BatchedForecastVectorEnv(VectorEnv):
         )
         self.task = self.core.spec
         self.horizon_steps = self.task.horizon_steps
-        obs_shape = (self.task.in_frames, *self.core.frame_shape)
-        self.single_observation_space = spaces.Box(
-            low=self.core.low, high=self.core.high, shape=obs_shape, dtype=np.float32
-        )
-        self.single_action_space = spaces.Box(
-            low=-1.0, high=1.0, shape=self.core.latent_shape, dtype=np.float32
-        )
+        self.single_observation_space, self.single_action_space = self.core.episode_spaces()
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
 

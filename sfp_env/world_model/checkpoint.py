@@ -43,11 +43,34 @@ __all__ = [
     "load_pretrained",
     "load_checkpoint",
     "resolve_checkpoint",
+    "save_atomic",
+    "LOAD_ERRORS",
 ]
 
 FORMAT = "sfp.world_model"
 FORMAT_VERSION = 1
 ARCHITECTURE = "GenerativeWorldModel"
+
+#: what ``torch.load(weights_only=True)`` raises on a file that is not a readable checkpoint
+LOAD_ERRORS: tuple[type[Exception], ...] = (
+    pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError,
+    AttributeError, ImportError, IndexError, KeyError,
+)
+
+
+def save_atomic(payload: Mapping[str, Any], path: str | Path) -> Path:
+    """``torch.save(payload)`` to ``path`` atomically (a temporary file renamed into place),
+    creating the parent folders; returns the path written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
 
 
 def _plain(value: Any, where: str) -> Any:
@@ -107,16 +130,7 @@ def save_pretrained(
         "metrics": _plain(dict(metrics), "metrics"),
         "extra": _plain(dict(extra or {}), "extra"),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return save_atomic(payload, path)
 
 
 def resolve_checkpoint(name_or_path: str | Path) -> Path:
@@ -157,8 +171,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except FileNotFoundError as e:
         raise MissingDataError(f"world-model checkpoint {str(path)!r} does not exist",
                                fix="check the path") from e
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError,
-            OSError, AttributeError, ImportError, IndexError, KeyError) as e:
+    except LOAD_ERRORS as e:
         raise CorruptDataError(
             f"{str(path)!r} is not a readable world-model checkpoint ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''})",

@@ -130,7 +130,7 @@ def test_pickle_and_dataloader_workers(sevir_root, fx):
     ds = SEVIRDataset(sevir_root, "train")
     first = ds[4]  # opens and caches the HDF5 handle in this process
     clone = pickle.loads(pickle.dumps(ds))
-    assert clone._files_cache is None
+    assert clone._handles is None
     assert clone[4][0].equal(first[0])
     loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, shuffle=False)
     batches = list(loader)
