@@ -305,9 +305,17 @@ class _SpectralConv2d(nn.Module):
 
 
 class FNOBackbone(Backbone):
-    """Fourier neural operator: lift (1x1) of [frames, x, y] to ``hidden`` channels, ``layers``
-    x (spectral conv + 1x1 skip, GELU), average pool by ``downsample``, 1x1 projection.
-    ``out_channels`` = ``hidden``. ``modes`` must be <= H / 2 and <= W / 2."""
+    """Fourier neural operator on the latent grid: a patch embedding (``downsample`` x
+    ``downsample`` patches of [frames, x, y], stride ``downsample``) lifts to ``hidden`` channels
+    at ``h x w = H / ds x W / ds``, then ``layers`` x (spectral conv over the lowest ``modes``
+    Fourier modes + 1x1 skip, GELU), and a 1x1 projection. ``out_channels`` = ``hidden``.
+
+    Working at the latent resolution (rather than at the frame resolution, average-pooled
+    afterwards) gives every latent cell its own learned patch embedding; the defaults (wide and
+    shallow: hidden 48, 2 layers, 4 modes) were chosen on the validation split because they learn
+    fastest at a small budget (benchmarks/NOTES.md). ``modes`` (default ``min(4, h / 2, w / 2)``)
+    must be <= h / 2 and <= w / 2.
+    """
 
     def __init__(
         self,
@@ -317,20 +325,23 @@ class FNOBackbone(Backbone):
         width: int,
         downsample: int = 4,
         hidden: int | None = None,
-        modes: int = 6,
-        layers: int = 4,
+        modes: int | None = None,
+        layers: int = 2,
     ) -> None:
         super().__init__(in_frames, channels, height, width, downsample)
-        hid = 24 if hidden is None else hidden
-        if isinstance(modes, bool) or not isinstance(modes, int) or not (
-            1 <= modes <= min(height // 2, width // 2)
-        ):
+        hid = 48 if hidden is None else hidden
+        h, w = height // downsample, width // downsample
+        top = max(1, min(h // 2, w // 2))
+        modes = min(4, top) if modes is None else modes
+        if isinstance(modes, bool) or not isinstance(modes, int) or not 1 <= modes <= top:
             raise ConfigError(
-                f"fno backbone: modes={modes!r} must be an integer in [1, min(H, W) / 2] = "
-                f"[1, {min(height // 2, width // 2)}] for {height}x{width} frames",
-                fix=f"use modes <= {min(height // 2, width // 2)}",
+                f"fno backbone: modes={modes!r} must be an integer in [1, min(h, w) / 2] = "
+                f"[1, {top}] for the {h}x{w} latent grid ({height}x{width} frames / "
+                f"downsample {downsample})",
+                fix=f"use modes <= {top}",
             )
-        self.lift = nn.Conv2d(in_frames * channels + 2, hid, 1)
+        self.modes = modes
+        self.lift = nn.Conv2d(in_frames * channels + 2, hid, downsample, stride=downsample)
         self.spectral = nn.ModuleList([_SpectralConv2d(hid, hid, modes) for _ in range(layers)])
         self.pointwise = nn.ModuleList([nn.Conv2d(hid, hid, 1) for _ in range(layers)])
         self.project = nn.Conv2d(hid, hid, 1)
@@ -347,8 +358,6 @@ class FNOBackbone(Backbone):
         x = self.lift(x)
         for spectral, pointwise in zip(self.spectral, self.pointwise):
             x = F.gelu(spectral(x) + pointwise(x))
-        if self.downsample > 1:
-            x = F.avg_pool2d(x, self.downsample)
         return self.project(x)
 
 
