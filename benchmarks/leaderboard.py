@@ -391,6 +391,19 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         f"{hw.get('cpu_count')}, {results['num_processes']} process(es), "
         f"{results['wall_time_s'] / 60:.1f} min in all; created {results['created_utc']}.",
         "",
+    ]
+    runs = results.get("runs", [])
+    reused = sum(bool(r.get("reused_training")) for r in runs)
+    if reused:
+        trained_s = sum(float(r.get("train_wall_s") or 0.0) for r in runs)
+        lines += [
+            f"{reused} of {len(runs)} trainings were reused from an earlier run of this suite "
+            "(`--resume`: identical config, finished checkpoint) and only evaluated again; the "
+            "wall time above covers this run only (all trainings together: "
+            f"{trained_s / 60:.1f} min).",
+            "",
+        ]
+    lines += [
         "Each row: the same backbone trained as a supervised MSE baseline and with SFP (same seed, "
         "initialization, data, epochs, optimizer), scored on the embedded test split. "
         "mean ± std over seeds; Δ is the relative change of +SFP over the baseline; "

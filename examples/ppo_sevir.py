@@ -1,10 +1,12 @@
 """Train PPO on SFP-SEVIR-v0 through discrete code choices and compare with random choices.
 
 The agent observes the last 13 VIL frames and, every step, picks for each latent cell one of the
-K codes nearest to the codebook centre (``CodeChoiceWrapper``); the frozen world model decodes
-the next 4 frames and the reward is their CSI-M against the truth. After training, the PPO
-policy (deterministic) and uniformly random code choices are evaluated on the same validation
-episodes (same seeds, so the same samples) and both mean episode rewards are printed.
+K codes nearest to a base intention (``CodeChoiceWrapper``): by default the world model's latent
+of the last observed chunk (``PersistenceIntention``; ``--base centre`` uses the codebook
+centre); the frozen world model decodes the next 4 frames and the reward is their CSI-M against
+the truth. After training, the PPO policy (deterministic), uniformly random code choices and
+rank 0 everywhere (the base intention's nearest codes) are evaluated on the same validation
+episodes (same seeds, so the same samples) and the mean episode rewards are printed.
 
 Usage::
 
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 from stable_baselines3 import PPO
 
-from sfp_agents.sb3 import CodeChoiceWrapper, FrameFeaturesExtractor
+from sfp_agents.sb3 import CodeChoiceWrapper, FrameFeaturesExtractor, PersistenceIntention
 from sfp_env.envs.forecast_env import ForecastEnv
 from sfp_env.envs.tasks import get_task
 
@@ -70,18 +72,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="val", help="evaluation split")
     parser.add_argument("--world-model", default=None, help="shipped name or checkpoint path")
     parser.add_argument("--data-dir", default=None, help="SEVIR root (default: embedded data)")
+    parser.add_argument("--base", choices=("persistence", "centre"), default="persistence",
+                        help="base intention whose K nearest codes are the choices")
     parser.add_argument("--tiny", action="store_true", help="tiny random-weight smoke run")
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
     kwargs: dict[str, Any] = tiny_setup() if args.tiny else {"world_model": args.world_model}
     kwargs["data_dir"] = args.data_dir
-    env = CodeChoiceWrapper(ForecastEnv("sevir", **kwargs), k=args.k)
-    eval_env = CodeChoiceWrapper(ForecastEnv("sevir", **kwargs), k=args.k)
+
+    def wrap(inner: ForecastEnv) -> CodeChoiceWrapper:
+        base = PersistenceIntention(inner) if args.base == "persistence" else None
+        return CodeChoiceWrapper(inner, k=args.k, base_policy=base)
+
+    env = wrap(ForecastEnv("sevir", **kwargs))
+    eval_env = wrap(ForecastEnv("sevir", **kwargs))
     cells = int(np.prod(env.action_space.shape))
     print(
         f"SFP-SEVIR-v0: {cells} latent cells x {args.k} codes, horizon "
-        f"{env.forecast_env.horizon_steps} steps, reward {env.forecast_env.reward_fn.name}"
+        f"{env.forecast_env.horizon_steps} steps, reward {env.forecast_env.reward_fn.name}, "
+        f"base intention {args.base}"
     )
 
     model = PPO(
@@ -108,13 +118,18 @@ def main(argv: list[str] | None = None) -> int:
     def random_act(obs: np.ndarray) -> np.ndarray:
         return rng.integers(0, args.k, size=cells)
 
+    def rank0_act(obs: np.ndarray) -> np.ndarray:
+        return np.zeros(cells, dtype=np.int64)
+
     eval_seed = args.seed + 10_000
     ppo_mean = evaluate(eval_env, ppo_act, args.episodes, eval_seed, args.split)
     random_mean = evaluate(eval_env, random_act, args.episodes, eval_seed, args.split)
+    rank0_mean = evaluate(eval_env, rank0_act, args.episodes, eval_seed, args.split)
     print(f"mean episode reward on {args.episodes} {args.split} episodes (same seeds):")
-    print(f"  PPO (deterministic)  {ppo_mean:.4f}")
-    print(f"  uniform random codes {random_mean:.4f}")
-    print(f"  difference           {ppo_mean - random_mean:+.4f}")
+    print(f"  PPO (deterministic)   {ppo_mean:.4f}")
+    print(f"  uniform random codes  {random_mean:.4f}")
+    print(f"  rank 0 (base only)    {rank0_mean:.4f}")
+    print(f"  PPO - random          {ppo_mean - random_mean:+.4f}")
     return 0
 
 

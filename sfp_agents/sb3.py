@@ -8,6 +8,9 @@
   ``infos[i]["terminal_observation"]``.
 - :class:`CodeChoiceWrapper`: a discrete action space for PPO/A2C: for every latent cell, which
   of the K codes nearest to a base intention to use (``MultiDiscrete([K] * h * w)``).
+- :class:`PersistenceIntention`: a base intention for that wrapper: the world model's own latent
+  of the last observed chunk (persistence), so rank 0 everywhere is a persistence forecast and
+  the agent learns where to deviate from it.
 
 Example::
 
@@ -33,7 +36,13 @@ from torch import nn
 from sfp_env.envs.forecast_env import ForecastEnv, as_action_array
 from sfp_env.errors import ActionError, ConfigError, EnvStateError
 
-__all__ = ["FrameFeaturesExtractor", "SB3VecEnvAdapter", "CodeChoiceWrapper", "unbatch_infos"]
+__all__ = [
+    "FrameFeaturesExtractor",
+    "SB3VecEnvAdapter",
+    "CodeChoiceWrapper",
+    "PersistenceIntention",
+    "unbatch_infos",
+]
 
 
 class FrameFeaturesExtractor(BaseFeaturesExtractor):
@@ -274,3 +283,30 @@ class CodeChoiceWrapper(gym.Wrapper):
         info["code_indices"] = codes.cpu().numpy()
         self._obs = obs
         return obs, reward, terminated, truncated, info
+
+
+class PersistenceIntention:
+    """Base policy ``observation [T_in, C, H, W] -> action [D, h, w]``: the frozen world model's
+    encoding of the last ``T_f`` observed frames, mapped to [-1, 1] with its affine latent scale.
+
+    With :class:`CodeChoiceWrapper`, rank 0 in every cell then decodes (approximately) a
+    persistence forecast, and the other ranks are the nearby alternatives the world model knows.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        inner = env.unwrapped
+        if not isinstance(inner, ForecastEnv):
+            raise ConfigError(
+                f"PersistenceIntention needs a ForecastEnv, got {type(inner).__name__}",
+                fix="pass gym.make('SFP-SEVIR-v0') or ForecastEnv(...)",
+            )
+        self.core = inner.core
+        self.chunk = int(self.core.world_model.config.chunk_frames)
+
+    @torch.no_grad()
+    def __call__(self, observation: np.ndarray) -> np.ndarray:
+        obs = np.asarray(observation, dtype=np.float32)
+        # the last chunk of the observation: [1, T_f, C, H, W]
+        frames = torch.from_numpy(obs[-self.chunk :]).to(self.core.device)[None]
+        wm = self.core.world_model
+        return wm.latent_to_action(wm.encode(frames))[0].cpu().numpy()

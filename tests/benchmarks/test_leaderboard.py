@@ -123,3 +123,6 @@ def test_resume_reuses_finished_trainings_and_reproduces_the_numbers(
     for first, second in zip(out["runs"], again["runs"]):
         assert first["checkpoint"] == second["checkpoint"]
         assert first["metrics"] == pytest.approx(second["metrics"], nan_ok=True)
+    n = len(again["runs"])
+    assert f"{n} of {n} trainings were reused" in render_markdown(again)
+    assert "were reused" not in render_markdown(out)

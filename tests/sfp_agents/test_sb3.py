@@ -14,6 +14,7 @@ from stable_baselines3 import PPO
 from sfp_agents.sb3 import (
     CodeChoiceWrapper,
     FrameFeaturesExtractor,
+    PersistenceIntention,
     SB3VecEnvAdapter,
     unbatch_infos,
 )
@@ -151,6 +152,24 @@ def test_code_choice_wrapper_uses_the_base_policy(env, world_model):
     fresh = CodeChoiceWrapper(ForecastEnv("sevir", world_model=world_model, data_kwargs=DATA))
     with pytest.raises(EnvStateError, match="before reset"):
         fresh.step(np.zeros(16, dtype=np.int64))
+
+
+def test_persistence_intention_is_the_latent_of_the_last_observed_chunk(env, world_model):
+    base = PersistenceIntention(env)
+    wrapped = CodeChoiceWrapper(env, k=3, base_policy=base)
+    obs, _ = wrapped.reset(seed=2)
+    action = base(obs)
+    assert action.shape == (4, 4, 4) and action.dtype == np.float32
+    assert np.all(np.abs(action) <= 1.0)
+    chunk = world_model.config.chunk_frames
+    latent = world_model.encode(torch.from_numpy(obs[-chunk:])[None])
+    expected = world_model.nearest(world_model.action_to_latent(
+        world_model.latent_to_action(latent)), 3)[0][0]
+    assert torch.equal(wrapped.candidates(obs), expected)
+    other, _ = wrapped.reset(seed=3)
+    assert not np.array_equal(base(other), action)  # it follows the observation
+    with pytest.raises(ConfigError, match="ForecastEnv"):
+        PersistenceIntention(gym.make("CartPole-v1"))
 
 
 def test_short_ppo_training_through_the_code_choice_wrapper(env):
