@@ -4,9 +4,9 @@ The agent observes the last 13 VIL frames and, every step, picks for each latent
 K codes nearest to a base intention (``CodeChoiceWrapper``): by default the world model's latent
 of the last observed chunk (``PersistenceIntention``; ``--base centre`` uses the codebook
 centre); the frozen world model decodes the next 4 frames and the reward is their CSI-M against
-the truth. After training, the PPO policy (deterministic), uniformly random code choices and
-rank 0 everywhere (the base intention's nearest codes) are evaluated on the same validation
-episodes (same seeds, so the same samples) and the mean episode rewards are printed.
+the truth. After training, the PPO policy (deterministic and sampled), uniformly random code
+choices and rank 0 everywhere (the base intention's nearest codes) are evaluated on the same
+validation episodes (same seeds, so the same samples) and the mean episode rewards are printed.
 
 Usage::
 
@@ -113,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     def ppo_act(obs: np.ndarray) -> np.ndarray:
         return model.predict(obs, deterministic=True)[0]
 
+    def ppo_sample(obs: np.ndarray) -> np.ndarray:
+        return model.predict(obs, deterministic=False)[0]
+
     rng = np.random.default_rng(args.seed)
 
     def random_act(obs: np.ndarray) -> np.ndarray:
@@ -123,10 +126,12 @@ def main(argv: list[str] | None = None) -> int:
 
     eval_seed = args.seed + 10_000
     ppo_mean = evaluate(eval_env, ppo_act, args.episodes, eval_seed, args.split)
+    sampled_mean = evaluate(eval_env, ppo_sample, args.episodes, eval_seed, args.split)
     random_mean = evaluate(eval_env, random_act, args.episodes, eval_seed, args.split)
     rank0_mean = evaluate(eval_env, rank0_act, args.episodes, eval_seed, args.split)
     print(f"mean episode reward on {args.episodes} {args.split} episodes (same seeds):")
     print(f"  PPO (deterministic)   {ppo_mean:.4f}")
+    print(f"  PPO (sampled)         {sampled_mean:.4f}")
     print(f"  uniform random codes  {random_mean:.4f}")
     print(f"  rank 0 (base only)    {rank0_mean:.4f}")
     print(f"  PPO - random          {ppo_mean - random_mean:+.4f}")
