@@ -109,7 +109,8 @@ class SFPLossConfig:
         if self.pseudo_label + self.anchor + self.latent + self.latent_anchor <= 0:
             raise ConfigError(
                 "SFPLossConfig: all loss weights are 0, so the agent would not learn",
-                fix="give loss.pseudo_label (or loss.anchor / loss.latent) a positive weight",
+                fix="give loss.pseudo_label (or loss.anchor / loss.latent / loss.latent_anchor) a "
+                "positive weight",
             )
 
 

@@ -340,7 +340,6 @@ class FNOBackbone(Backbone):
                 f"downsample {downsample})",
                 fix=f"use modes <= {top}",
             )
-        self.modes = modes
         self.lift = nn.Conv2d(in_frames * channels + 2, hid, downsample, stride=downsample)
         self.spectral = nn.ModuleList([_SpectralConv2d(hid, hid, modes) for _ in range(layers)])
         self.pointwise = nn.ModuleList([nn.Conv2d(hid, hid, 1) for _ in range(layers)])
