@@ -4,9 +4,12 @@ The agent observes the last 13 VIL frames and, every step, picks for each latent
 K codes nearest to a base intention (``CodeChoiceWrapper``): by default the world model's latent
 of the last observed chunk (``PersistenceIntention``; ``--base centre`` uses the codebook
 centre); the frozen world model decodes the next 4 frames and the reward is their CSI-M against
-the truth. After training, the PPO policy (deterministic and sampled), uniformly random code
-choices and rank 0 everywhere (the base intention's nearest codes) are evaluated on the same
-validation episodes (same seeds, so the same samples) and the mean episode rewards are printed.
+the truth. The default policy (``--policy codes``) is :class:`CodeChoicePolicy`, which scores
+every candidate code of every cell with one small network shared by all cells, from the frames'
+features at that cell and the candidate's code vector. After training, the PPO policy
+(deterministic and sampled), uniformly random code choices and rank 0 everywhere (the base
+intention's nearest codes) are evaluated on the same validation episodes (same seeds, so the
+same samples); the mean episode rewards and the paired differences to random are printed.
 
 Usage::
 
@@ -27,6 +30,7 @@ import torch
 from stable_baselines3 import PPO
 
 from sfp_agents.sb3 import CodeChoiceWrapper, FrameFeaturesExtractor, PersistenceIntention
+from sfp_agents.sb3_policy import CodeChoicePolicy
 from sfp_env.envs.forecast_env import ForecastEnv
 from sfp_env.envs.tasks import get_task
 
@@ -45,12 +49,13 @@ def tiny_setup() -> dict[str, Any]:
 
 def evaluate(
     env: CodeChoiceWrapper,
-    act: Callable[[np.ndarray], np.ndarray],
+    act: Callable[[Any], np.ndarray],
     episodes: int,
     seed: int,
     split: str,
-) -> float:
-    """Mean episode reward (sum over the steps) of ``act`` on episodes seeded seed, seed+1, ..."""
+) -> np.ndarray:
+    """Episode rewards (sums over the steps) ``[episodes]`` of ``act`` on episodes seeded seed,
+    seed+1, ... (the same samples for every policy)."""
     totals = []
     for ep in range(episodes):
         obs, _ = env.reset(seed=seed + ep, options={"split": split})
@@ -60,7 +65,14 @@ def evaluate(
             total += reward
             done = terminated or truncated
         totals.append(total)
-    return float(np.mean(totals))
+    return np.asarray(totals)
+
+
+def paired(a: np.ndarray, b: np.ndarray) -> str:
+    """Mean difference of paired episode rewards and its standard error."""
+    d = a - b
+    se = d.std(ddof=1) / np.sqrt(d.size) if d.size > 1 else float("nan")
+    return f"{d.mean():+.4f} +- {se:.4f} (s.e.)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,6 +86,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None, help="SEVIR root (default: embedded data)")
     parser.add_argument("--base", choices=("persistence", "centre"), default="persistence",
                         help="base intention whose K nearest codes are the choices")
+    parser.add_argument("--policy", choices=("codes", "cell", "mlp"), default="codes",
+                        help="codes: CodeChoicePolicy scoring each candidate code (the wrapper "
+                        "observes the candidates); cell: CodeChoicePolicy on the frames only "
+                        "(per-cell head shared by all cells); mlp: MlpPolicy on "
+                        "FrameFeaturesExtractor (one dense head for all cells)")
+    parser.add_argument("--relative-reward", action="store_true",
+                        help="train on the reward minus rank 0's reward at the same step")
+    parser.add_argument("--n-steps", type=int, default=256, help="PPO rollout length")
+    parser.add_argument("--lr", type=float, default=3e-4, help="PPO learning rate")
+    parser.add_argument("--epochs", type=int, default=4, help="PPO epochs per rollout")
+    parser.add_argument("--gamma", type=float, default=0.99, help="PPO discount")
     parser.add_argument("--tiny", action="store_true", help="tiny random-weight smoke run")
     args = parser.parse_args(argv)
 
@@ -81,60 +104,79 @@ def main(argv: list[str] | None = None) -> int:
     kwargs: dict[str, Any] = tiny_setup() if args.tiny else {"world_model": args.world_model}
     kwargs["data_dir"] = args.data_dir
 
-    def wrap(inner: ForecastEnv) -> CodeChoiceWrapper:
+    def wrap(inner: ForecastEnv, relative: bool) -> CodeChoiceWrapper:
         base = PersistenceIntention(inner) if args.base == "persistence" else None
-        return CodeChoiceWrapper(inner, k=args.k, base_policy=base)
+        return CodeChoiceWrapper(
+            inner,
+            k=args.k,
+            base_policy=base,
+            observe_candidates=args.policy == "codes",
+            relative_reward=relative,
+        )
 
-    env = wrap(ForecastEnv("sevir", **kwargs))
-    eval_env = wrap(ForecastEnv("sevir", **kwargs))
+    env = wrap(ForecastEnv("sevir", **kwargs), args.relative_reward)
+    eval_env = wrap(ForecastEnv("sevir", **kwargs), False)  # evaluated on the env's reward
     cells = int(np.prod(env.action_space.shape))
     print(
         f"SFP-SEVIR-v0: {cells} latent cells x {args.k} codes, horizon "
         f"{env.forecast_env.horizon_steps} steps, reward {env.forecast_env.reward_fn.name}, "
-        f"base intention {args.base}"
+        f"base intention {args.base}, policy {args.policy}"
+        + (", trained on the reward relative to rank 0" if args.relative_reward else "")
     )
 
+    if args.policy in ("codes", "cell"):
+        _, h, w = env.forecast_env.core.latent_shape
+        policy: Any = CodeChoicePolicy
+        policy_kwargs: dict[str, Any] = {"grid": (h, w)}
+    else:
+        policy = "MlpPolicy"
+        policy_kwargs = {"features_extractor_class": FrameFeaturesExtractor}
     model = PPO(
-        "MlpPolicy",
+        policy,
         env,
-        n_steps=256,
-        batch_size=64,
-        n_epochs=4,
-        learning_rate=3e-4,
+        n_steps=args.n_steps,
+        batch_size=min(64, args.n_steps),
+        n_epochs=args.epochs,
+        learning_rate=args.lr,
+        gamma=args.gamma,
         seed=args.seed,
         device="cpu",
         verbose=0,
-        policy_kwargs={"features_extractor_class": FrameFeaturesExtractor},
+        policy_kwargs=policy_kwargs,
     )
     start = time.perf_counter()
     model.learn(total_timesteps=args.timesteps)
     print(f"trained PPO for {args.timesteps} steps in {time.perf_counter() - start:.1f} s")
 
-    def ppo_act(obs: np.ndarray) -> np.ndarray:
+    def ppo_act(obs: Any) -> np.ndarray:
         return model.predict(obs, deterministic=True)[0]
 
-    def ppo_sample(obs: np.ndarray) -> np.ndarray:
+    def ppo_sample(obs: Any) -> np.ndarray:
         return model.predict(obs, deterministic=False)[0]
 
     rng = np.random.default_rng(args.seed)
 
-    def random_act(obs: np.ndarray) -> np.ndarray:
+    def random_act(obs: Any) -> np.ndarray:
         return rng.integers(0, args.k, size=cells)
 
-    def rank0_act(obs: np.ndarray) -> np.ndarray:
+    def rank0_act(obs: Any) -> np.ndarray:
         return np.zeros(cells, dtype=np.int64)
 
     eval_seed = args.seed + 10_000
-    ppo_mean = evaluate(eval_env, ppo_act, args.episodes, eval_seed, args.split)
-    sampled_mean = evaluate(eval_env, ppo_sample, args.episodes, eval_seed, args.split)
-    random_mean = evaluate(eval_env, random_act, args.episodes, eval_seed, args.split)
-    rank0_mean = evaluate(eval_env, rank0_act, args.episodes, eval_seed, args.split)
+    results = {
+        "PPO (deterministic)": evaluate(eval_env, ppo_act, args.episodes, eval_seed, args.split),
+        "PPO (sampled)": evaluate(eval_env, ppo_sample, args.episodes, eval_seed, args.split),
+        "uniform random codes": evaluate(
+            eval_env, random_act, args.episodes, eval_seed, args.split
+        ),
+        "rank 0 (base only)": evaluate(eval_env, rank0_act, args.episodes, eval_seed, args.split),
+    }
     print(f"mean episode reward on {args.episodes} {args.split} episodes (same seeds):")
-    print(f"  PPO (deterministic)   {ppo_mean:.4f}")
-    print(f"  PPO (sampled)         {sampled_mean:.4f}")
-    print(f"  uniform random codes  {random_mean:.4f}")
-    print(f"  rank 0 (base only)    {rank0_mean:.4f}")
-    print(f"  PPO - random          {ppo_mean - random_mean:+.4f}")
+    for name, totals in results.items():
+        print(f"  {name:<22}{totals.mean():.4f}")
+    rand = results["uniform random codes"]
+    print(f"  PPO (deterministic) - random  {paired(results['PPO (deterministic)'], rand)}")
+    print(f"  PPO (sampled) - random        {paired(results['PPO (sampled)'], rand)}")
     return 0
 
 

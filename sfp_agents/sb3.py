@@ -7,16 +7,18 @@
   episodes are reset in the same step (SB3's autoreset) with the final observation in
   ``infos[i]["terminal_observation"]``.
 - :class:`CodeChoiceWrapper`: a discrete action space for PPO/A2C: for every latent cell, which
-  of the K codes nearest to a base intention to use (``MultiDiscrete([K] * h * w)``).
+  of the K codes nearest to a base intention to use (``MultiDiscrete([K] * h * w)``); its
+  policy is :class:`sfp_agents.sb3_policy.CodeChoicePolicy`.
 - :class:`PersistenceIntention`: a base intention for that wrapper: the world model's own latent
   of the last observed chunk (persistence), so rank 0 everywhere is a persistence forecast and
   the agent learns where to deviate from it.
 
 Example::
 
-    env = CodeChoiceWrapper(ForecastEnv("sevir"), k=8)
-    model = PPO("MlpPolicy", env, policy_kwargs={"features_extractor_class":
-                FrameFeaturesExtractor})
+    inner = ForecastEnv("sevir")
+    env = CodeChoiceWrapper(inner, k=8, base_policy=PersistenceIntention(inner),
+                            observe_candidates=True)
+    model = PPO(CodeChoicePolicy, env)   # from sfp_agents.sb3_policy
 """
 
 from __future__ import annotations
@@ -200,10 +202,21 @@ class CodeChoiceWrapper(gym.Wrapper):
     """``MultiDiscrete([K] * h * w)`` actions: per latent cell, the rank (0 = nearest) of the
     code to use among the K codes nearest to a base intention.
 
-    The base intention is ``base_policy(observation) -> action [D, h, w]`` in [-1, 1] (default:
+    The base intention is ``base_policy(frames) -> action [D, h, w]`` in [-1, 1] (default:
     zeros, the centre of the codebook's range). The chosen code indices are stepped with
     :meth:`ForecastEnv.step_codes` of the wrapped (unwrapped) env; ``info["code_indices"]``
     holds them ``[h, w]``.
+
+    With ``observe_candidates=True`` the observation is a Dict: ``"frames"`` (the env's
+    observation ``[T_in, C, H, W]``) and ``"candidates"``, the K candidate codes of every cell
+    on the action scale, float32 ``[K, D, h, w]`` in [-1, 1], so that a policy can score a
+    choice by what the code is rather than by its rank alone (:class:`CodeChoicePolicy`).
+
+    With ``relative_reward=True`` the reward is the env's reward minus the reward that rank 0
+    everywhere (the base intention's own codes) would earn at the same step
+    (:meth:`ForecastEnv.score_codes`, one extra decode): the sample's difficulty cancels, which
+    leaves the effect of the choice, a far less noisy learning signal. For one step the best
+    choice is unchanged; ``info["env_reward"]`` and ``info["base_reward"]`` hold both terms.
     """
 
     def __init__(
@@ -211,6 +224,8 @@ class CodeChoiceWrapper(gym.Wrapper):
         env: gym.Env,
         k: int = 4,
         base_policy: Callable[[np.ndarray], Any] | None = None,
+        observe_candidates: bool = False,
+        relative_reward: bool = False,
     ) -> None:
         super().__init__(env)
         inner = env.unwrapped
@@ -231,26 +246,55 @@ class CodeChoiceWrapper(gym.Wrapper):
                 f"base_policy must be callable obs -> action, got {type(base_policy).__name__}",
                 fix="pass a function or leave it None",
             )
+        for name, flag in (
+            ("observe_candidates", observe_candidates),
+            ("relative_reward", relative_reward),
+        ):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise ConfigError(f"{name} must be a bool, got {flag!r}", fix="pass True or False")
         self.forecast_env: ForecastEnv = inner
         self.k = int(k)
         self.base_policy = base_policy
-        _, self._h, self._w = inner.core.latent_shape
+        self.observe_candidates = bool(observe_candidates)
+        self.relative_reward = bool(relative_reward)
+        d, self._h, self._w = inner.core.latent_shape
         self.action_space = spaces.MultiDiscrete(np.full(self._h * self._w, self.k))
-        self._obs: np.ndarray | None = None
+        if self.observe_candidates:
+            self.observation_space = spaces.Dict(
+                {
+                    "frames": env.observation_space,
+                    "candidates": spaces.Box(
+                        -1.0, 1.0, (self.k, d, self._h, self._w), dtype=np.float32
+                    ),
+                }
+            )
+        self._frames: np.ndarray | None = None
+        self._cand: torch.Tensor | None = None
 
-    def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    def _observe(self, frames: np.ndarray) -> np.ndarray | dict[str, np.ndarray]:
+        """Keep the frames and their candidates; the observation for the agent."""
+        self._frames = frames
+        self._cand = self.candidates(frames)
+        if not self.observe_candidates:
+            return frames
+        wm = self.forecast_env.core.world_model
+        with torch.no_grad():
+            vectors = wm.latent_to_action(wm.codes(self._cand)).clamp(-1.0, 1.0)
+        return {"frames": frames, "candidates": vectors.cpu().numpy().astype(np.float32)}
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         obs, info = self.env.reset(**kwargs)
-        self._obs = obs
-        return obs, info
+        return self._observe(obs), info
 
     @torch.no_grad()
-    def candidates(self, observation: np.ndarray) -> torch.Tensor:
-        """Code indices ``[K, h, w]`` nearest (rank 0 first) to the base intention."""
+    def candidates(self, frames: np.ndarray) -> torch.Tensor:
+        """Code indices ``[K, h, w]`` nearest (rank 0 first) to the base intention of
+        ``frames [T_in, C, H, W]``."""
         core = self.forecast_env.core
         if self.base_policy is None:
             base = np.zeros(core.latent_shape, dtype=np.float32)
         else:
-            base = as_action_array(self.base_policy(observation), core.latent_shape, "base action")
+            base = as_action_array(self.base_policy(frames), core.latent_shape, "base action")
         latent = core.world_model.action_to_latent(torch.from_numpy(base).to(core.device)[None])
         indices, _ = core.world_model.nearest(latent, self.k)
         return indices[0]
@@ -272,17 +316,21 @@ class CodeChoiceWrapper(gym.Wrapper):
             )
         return arr.astype(np.int64)
 
-    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        if self._obs is None:
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        if self._cand is None:
             raise EnvStateError("step() called before reset()", fix="call env.reset() first")
         choice = self._choices(action)
-        cand = self.candidates(self._obs)  # [K, h, w]
-        ranks = torch.as_tensor(choice, device=cand.device).view(1, self._h, self._w)
-        codes = cand.gather(0, ranks)[0]  # [h, w]
+        ranks = torch.as_tensor(choice, device=self._cand.device).view(1, self._h, self._w)
+        codes = self._cand.gather(0, ranks)[0]  # [h, w]
+        base_reward = None
+        if self.relative_reward:  # before the step: scored at the same state
+            base_reward = float(self.forecast_env.score_codes(self._cand[0])[0])
         obs, reward, terminated, truncated, info = self.forecast_env.step_codes(codes)
         info["code_indices"] = codes.cpu().numpy()
-        self._obs = obs
-        return obs, reward, terminated, truncated, info
+        if base_reward is not None:
+            info["env_reward"], info["base_reward"] = reward, base_reward
+            reward = reward - base_reward
+        return self._observe(obs), reward, terminated, truncated, info
 
 
 class PersistenceIntention:

@@ -659,6 +659,30 @@ class ForecastEnv(gym.Env):
             codes = self.core.world_model.codes(idx)
         return self._advance(codes)
 
+    @torch.no_grad()
+    def score_codes(self, indices: Any) -> np.ndarray:
+        """Rewards (float64 ``[M]``) that code fields ``indices [M, h, w]`` (or one ``[h, w]``)
+        would earn at the current step, decoded in one batched call; the episode is unchanged.
+
+        This is the planner's view: it compares imagined forecasts with the reward, never
+        returning the truth itself."""
+        self._check_can_step()
+        assert self._context is not None and self._targets is not None
+        try:
+            shape = tuple(np.shape(indices))
+        except ValueError:  # ragged: check_indices names the problem
+            shape = ()
+        batch = int(shape[0]) if len(shape) == 3 else None
+        idx = self.core.check_indices(indices, batch)
+        m = idx.shape[0]
+        codes = self.core.world_model.codes(idx)
+        truth = self.core.truth_chunk(self._targets, torch.tensor([self._step]))
+        context = self._context.expand(m, *self._context.shape[1:])
+        _, reward, _, _ = self.core.advance(
+            context, codes, truth.expand(m, *truth.shape[1:]), self.teacher_forcing
+        )
+        return reward
+
     def _advance(self, codes: torch.Tensor) -> tuple[np.ndarray, float, bool, bool, dict]:
         assert self._context is not None and self._targets is not None
         step = self._step

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -18,40 +16,24 @@ from sfp_agents.sb3 import (
     SB3VecEnvAdapter,
     unbatch_infos,
 )
-from sfp_env.envs.forecast_env import EmbeddedDataNotice, ForecastEnv
+from sfp_env.envs.forecast_env import ForecastEnv
 from sfp_env.envs.tasks import get_task
 from sfp_env.envs.vector_env import BatchedForecastVectorEnv
 from sfp_env.errors import ActionError, ConfigError, EnvStateError
-from sfp_env.world_model import GenerativeWorldModel, WorldModelConfig
+from sfp_env.world_model import GenerativeWorldModel
 
-DATA = {"embedded": {"n_train": 4, "n_val": 2, "n_test": 2, "size": 16}}
-
-
-@pytest.fixture(autouse=True)
-def _quiet_and_single_threaded():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is fastest and immune to CPU contention
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", EmbeddedDataNotice)
-        yield
-    torch.set_num_threads(threads)
+DATA = {"embedded": {"n_train": 4, "n_val": 2, "n_test": 2, "size": 16}}  # as TINY_SEVIR
+pytestmark = pytest.mark.usefixtures("quiet_single_thread")
 
 
 @pytest.fixture(scope="module")
-def world_model() -> GenerativeWorldModel:
-    fields = get_task("sevir").world_model_fields(16, 16)
-    config = WorldModelConfig(
-        **fields, latent_dim=4, codebook_size=16, downsample=4, hidden=8, top_k=4
-    )
-    model = GenerativeWorldModel(config)
-    model.quantizer.set_codebook(torch.randn(16, 4, generator=torch.Generator().manual_seed(3)))
-    model.refresh_latent_scale()
-    return model
+def world_model(tiny_world_model) -> GenerativeWorldModel:
+    return tiny_world_model
 
 
 @pytest.fixture
-def env(world_model) -> ForecastEnv:
-    return ForecastEnv("sevir", world_model=world_model, data_kwargs=DATA)
+def env(tiny_env) -> ForecastEnv:
+    return tiny_env
 
 
 def test_features_extractor_shapes_and_scaling(env):

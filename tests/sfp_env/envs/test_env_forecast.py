@@ -227,6 +227,34 @@ def test_step_codes_and_step_latent_match_step(env_kwargs):
     assert env.step_index == 1
 
 
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_score_codes_predicts_the_step_rewards_and_changes_nothing(env_kwargs, task):
+    env = make(env_kwargs, task)
+    e = env.world_model.config.codebook_size
+    _, h, w = env.action_space.shape
+    fields = np.random.default_rng(1).integers(0, e, size=(3, h, w))
+    env.reset(seed=7)
+    env.step_codes(fields[0])  # score at a later step, from an imagined context
+    before = snapshot(env)
+    scores = env.score_codes(fields)
+    with pytest.raises(ActionError, match="code indices"):
+        env.score_codes(np.zeros((2, h + 1, w), dtype=np.int64))
+    assert scores.shape == (3,) and scores.dtype == np.float64
+    assert env.score_codes(fields[2])[0] == pytest.approx(scores[2], abs=1e-6)
+    after = snapshot(env)
+    np.testing.assert_array_equal(after["obs"], before["obs"])
+    assert after["step"] == before["step"] and after["rng"] == before["rng"]
+    for i in range(3):
+        env.reset(seed=7)
+        env.step_codes(fields[0])
+        _, reward, *_ = env.step_codes(fields[i])
+        assert reward == pytest.approx(scores[i], abs=1e-6)
+    while env.step_index < TASKS[task].horizon_steps:
+        env.step_codes(fields[0])
+    with pytest.raises(EnvStateError, match="terminated"):
+        env.score_codes(fields)
+
+
 def test_step_before_reset_is_an_env_state_error(env_kwargs):
     env = make(env_kwargs, "sevir")
     with pytest.raises(EnvStateError, match="before reset"):

@@ -1,0 +1,45 @@
+"""The documented PPO example runs end to end (tiny data and model) with every policy option."""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from sfp_env.envs.forecast_env import EmbeddedDataNotice
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "ppo_sevir.py"
+
+
+def _load_example():
+    spec = importlib.util.spec_from_file_location("ppo_sevir_example", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "extra", [["--policy", "codes"], ["--policy", "cell", "--relative-reward"], ["--policy", "mlp"]]
+)
+def test_ppo_example_trains_and_compares_policies(extra, capsys):
+    example = _load_example()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", EmbeddedDataNotice)
+            code = example.main(
+                ["--tiny", "--timesteps", "16", "--n-steps", "8", "--episodes", "2", "--k", "3",
+                 *extra]
+            )
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert code == 0
+    for line in ("PPO (deterministic)", "uniform random codes", "rank 0 (base only)",
+                 "PPO (sampled) - random"):
+        assert line in out
+    assert f"policy {extra[1]}" in out
