@@ -47,6 +47,24 @@ __all__ = [
 ]
 
 
+def frame_space_scale(observation_space: spaces.Space, who: str) -> tuple[float, float]:
+    """Centre and half range of a bounded Box ``[T, C, H, W]`` of frames (for scaling the
+    frames to [-1, 1]); otherwise a :class:`ConfigError` naming ``who``."""
+    if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) != 4:
+        raise ConfigError(
+            f"{who} needs a Box observation space [T, C, H, W], got {observation_space}",
+            fix="use it with the sfp forecasting environments",
+        )
+    low = float(np.min(observation_space.low))
+    high = float(np.max(observation_space.high))
+    if not (np.isfinite(low) and np.isfinite(high) and high > low):
+        raise ConfigError(
+            f"{who} needs finite observation bounds, got [{low}, {high}]",
+            fix="bound the observation space",
+        )
+    return (low + high) / 2.0, (high - low) / 2.0
+
+
 class FrameFeaturesExtractor(BaseFeaturesExtractor):
     """CNN features of ``[B, T_in, C, H, W]`` observations -> ``[B, features_dim]``.
 
@@ -62,23 +80,11 @@ class FrameFeaturesExtractor(BaseFeaturesExtractor):
         widths: Sequence[int] = (32, 64, 64),
         pool: int = 4,
     ) -> None:
-        if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) != 4:
-            raise ConfigError(
-                f"FrameFeaturesExtractor needs a Box observation space [T, C, H, W], got "
-                f"{observation_space}",
-                fix="use it with the sfp forecasting environments",
-            )
+        centre, half_range = frame_space_scale(observation_space, "FrameFeaturesExtractor")
         super().__init__(observation_space, features_dim)
         t, c, _, _ = observation_space.shape
-        low = float(np.min(observation_space.low))
-        high = float(np.max(observation_space.high))
-        if not (np.isfinite(low) and np.isfinite(high) and high > low):
-            raise ConfigError(
-                f"FrameFeaturesExtractor needs finite observation bounds, got [{low}, {high}]",
-                fix="bound the observation space",
-            )
-        self.register_buffer("centre", torch.tensor((low + high) / 2.0))
-        self.register_buffer("half_range", torch.tensor((high - low) / 2.0))
+        self.register_buffer("centre", torch.tensor(centre))
+        self.register_buffer("half_range", torch.tensor(half_range))
         layers: list[nn.Module] = []
         in_ch = t * c
         for width in widths:

@@ -32,26 +32,10 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
+from sfp_agents.sb3 import frame_space_scale
 from sfp_env.errors import ConfigError
 
 __all__ = ["CellFeaturesExtractor", "CellLogits", "CodeChoicePolicy"]
-
-
-def _box_scale(observation_space: spaces.Space) -> tuple[float, float]:
-    """Centre and half range of a bounded 4-D Box ``[T, C, H, W]`` observation space."""
-    if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) != 4:
-        raise ConfigError(
-            f"expected a Box observation space [T, C, H, W], got {observation_space}",
-            fix="use it with the sfp forecasting environments",
-        )
-    low = float(np.min(observation_space.low))
-    high = float(np.max(observation_space.high))
-    if not (np.isfinite(low) and np.isfinite(high) and high > low):
-        raise ConfigError(
-            f"expected finite observation bounds, got [{low}, {high}]",
-            fix="bound the observation space",
-        )
-    return (low + high) / 2.0, (high - low) / 2.0
 
 
 def _split_space(observation_space: spaces.Space) -> tuple[spaces.Box, spaces.Box | None]:
@@ -94,7 +78,7 @@ class CellFeaturesExtractor(BaseFeaturesExtractor):
         context: int = 1,
     ) -> None:
         frames_space, cand_space = _split_space(observation_space)
-        centre, half_range = _box_scale(frames_space)
+        centre, half_range = frame_space_scale(frames_space, "CellFeaturesExtractor")
         t, c, height, width = frames_space.shape
         h, w = (int(v) for v in grid)
         factor = height // h if h > 0 else 0
