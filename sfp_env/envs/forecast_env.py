@@ -408,6 +408,16 @@ class ForecastCore:
         return targets[rows, frames]
 
     @torch.no_grad()
+    def forecast(
+        self, context: torch.Tensor, codes: torch.Tensor, truth: torch.Tensor
+    ) -> tuple[torch.Tensor, np.ndarray]:
+        """Decode N chunks and score them: context ``[N, T_in, C, H, W]``, codes
+        ``[N, D, h, w]``, truth ``[N, T_f, C, H, W]`` -> (pred ``[N, T_f, C, H, W]``, reward
+        float64 ``[N]``)."""
+        pred = self.world_model.decode(codes, context)
+        return pred, self.reward(pred, truth).detach().to("cpu", torch.float64).numpy()
+
+    @torch.no_grad()
     def advance(
         self,
         context: torch.Tensor,
@@ -427,8 +437,7 @@ class ForecastCore:
             ``(pred [N, T_f, C, H, W], reward float64 [N], scores {key: float64 [N]},
             next context [N, T_in, C, H, W])``.
         """
-        pred = self.world_model.decode(codes, context)
-        reward = self.reward(pred, truth).detach().to("cpu", torch.float64).numpy()
+        pred, reward = self.forecast(context, codes, truth)
         scores = {
             k: v.detach().to("cpu", torch.float64).numpy()
             for k, v in self.chunk_scores(pred, truth).items()
@@ -678,9 +687,7 @@ class ForecastEnv(gym.Env):
         codes = self.core.world_model.codes(idx)
         truth = self.core.truth_chunk(self._targets, torch.tensor([self._step]))
         context = self._context.expand(m, *self._context.shape[1:])
-        _, reward, _, _ = self.core.advance(
-            context, codes, truth.expand(m, *truth.shape[1:]), self.teacher_forcing
-        )
+        _, reward = self.core.forecast(context, codes, truth.expand(m, *truth.shape[1:]))
         return reward
 
     def _advance(self, codes: torch.Tensor) -> tuple[np.ndarray, float, bool, bool, dict]:
