@@ -274,12 +274,10 @@ class CodeChoiceWrapper(gym.Wrapper):
                     ),
                 }
             )
-        self._frames: np.ndarray | None = None
-        self._cand: torch.Tensor | None = None
+        self._cand: torch.Tensor | None = None  # [K, h, w] of the current observation
 
     def _observe(self, frames: np.ndarray) -> np.ndarray | dict[str, np.ndarray]:
-        """Keep the frames and their candidates; the observation for the agent."""
-        self._frames = frames
+        """Keep the candidates of ``frames``; return the observation for the agent."""
         self._cand = self.candidates(frames)
         if not self.observe_candidates:
             return frames
