@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
-import warnings
 from pathlib import Path
 
 import pytest
-import torch
-
-from sfp_env.envs.forecast_env import EmbeddedDataNotice
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "ppo_sevir.py"
 
@@ -24,19 +20,12 @@ def _load_example():
 @pytest.mark.parametrize(
     "extra", [["--policy", "codes"], ["--policy", "cell", "--relative-reward"], ["--policy", "mlp"]]
 )
+@pytest.mark.usefixtures("quiet_single_thread")
 def test_ppo_example_trains_and_compares_policies(extra, capsys):
     example = _load_example()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", EmbeddedDataNotice)
-            code = example.main(
-                ["--tiny", "--timesteps", "16", "--n-steps", "8", "--episodes", "2", "--k", "3",
-                 *extra]
-            )
-    finally:
-        torch.set_num_threads(threads)
+    code = example.main(
+        ["--tiny", "--timesteps", "16", "--n-steps", "8", "--episodes", "2", "--k", "3", *extra]
+    )
     out = capsys.readouterr().out
     assert code == 0
     for line in ("PPO (deterministic)", "uniform random codes", "rank 0 (base only)",

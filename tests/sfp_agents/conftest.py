@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 import copy
-import warnings
 
 import pytest
 import torch
 
-from sfp_env.envs.forecast_env import EmbeddedDataNotice, ForecastEnv
+from sfp_env.envs.forecast_env import ForecastEnv
 from sfp_env.envs.tasks import get_task
 from sfp_env.world_model import GenerativeWorldModel, WorldModelConfig
 
 #: 16x16 embedded SEVIR storms: latent grid 4x4 with the tiny world model below
 TINY_SEVIR = {"embedded": {"n_train": 4, "n_val": 2, "n_test": 2, "size": 16}}
-
-
-@pytest.fixture
-def quiet_single_thread():
-    """One torch thread (tiny models: fastest, immune to CPU contention), no data notice."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", EmbeddedDataNotice)
-        yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from env_fixtures import EMBEDDED_KWARGS, tiny_world_model, write_nse
 
-from sfp_env.envs.forecast_env import EmbeddedDataNotice
 from sfp_env.envs.tasks import TASKS
 from sfp_env.world_model import GenerativeWorldModel
 
@@ -42,18 +39,6 @@ def env_kwargs(nse_root: Path, world_models: dict[str, GenerativeWorldModel]):
 
 
 @pytest.fixture(autouse=True)
-def _quiet_embedded_notice():
-    """The once-per-process notice is tested explicitly; elsewhere it is noise."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", EmbeddedDataNotice)
-        yield
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models run fastest on one thread; two OpenMP threads on a loaded 2-core machine spin
-    and can make a 16x16 convolution ~100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _quiet_single_thread(quiet_single_thread):
+    """Every env test: one torch thread, no embedded-data notice (see tests/conftest.py)."""
     yield
-    torch.set_num_threads(threads)
