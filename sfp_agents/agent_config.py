@@ -28,10 +28,15 @@ __all__ = [
     "AgentRunConfig",
     "AGENT_MODES",
     "RESUMABLE_KEYS",
+    "UNUSED_BY_MODE",
 ]
 
 #: the two Stage-2 modes: the SFP agent and its supervised baseline
 AGENT_MODES: tuple[str, ...] = ("sfp", "baseline")
+
+#: top-level config sections a mode never reads: the baseline trains without a planner or the
+#: SFP loss weights, so a change there does not change its training
+UNUSED_BY_MODE: dict[str, tuple[str, ...]] = {"sfp": (), "baseline": ("planner", "loss")}
 
 #: config keys that may change when a run is resumed (length, checkpoint and logging cadence)
 RESUMABLE_KEYS: tuple[str, ...] = (
@@ -88,28 +93,42 @@ class SFPLossConfig:
         pseudo_label * MSE(forecast, plan.best_future) + anchor * MSE(forecast, truth)
         + latent * MSE(intentions, plan.latents)
         + latent_anchor * MSE(intentions, world_model.encode(truth chunks))
+        + code_anchor * CE(-|intentions - codebook|^2 / code_temperature, true chunks' codes)
 
     Latents are in the world model's latent units. ``latent_anchor`` is the supervised anchor
     in latent space: it pulls the intention towards the frozen encoder's latent of the true
     chunk (the future the world model itself would use), so the intention lands where the
-    top-K codes are plausible futures instead of blurry pixel averages.
+    top-K codes are plausible futures instead of blurry pixel averages. ``code_anchor`` is its
+    categorical form: per latent cell, a cross-entropy over the codebook (logits: negative
+    squared distances to the codes over ``code_temperature``, in squared latent units) towards
+    the true chunk's nearest code, so the intention's top-1 code is trained to be the most
+    likely code rather than the code nearest a mean latent.
     """
 
     pseudo_label: float = 1.0
     anchor: float = 0.5
     latent: float = 0.1
     latent_anchor: float = 0.0
+    code_anchor: float = 0.0
+    code_temperature: float = 0.05
 
     def __post_init__(self) -> None:
-        for name in ("pseudo_label", "anchor", "latent", "latent_anchor"):
+        _require("SFPLossConfig", "code_temperature",
+                 isinstance(self.code_temperature, (int, float))
+                 and not isinstance(self.code_temperature, bool)
+                 and math.isfinite(self.code_temperature) and self.code_temperature > 0,
+                 self.code_temperature, "a finite number > 0")
+        for name in ("pseudo_label", "anchor", "latent", "latent_anchor", "code_anchor"):
             value = getattr(self, name)
             _require("SFPLossConfig", name, isinstance(value, (int, float))
                      and not isinstance(value, bool) and math.isfinite(value) and value >= 0,
                      value, "a finite number >= 0")
-        if self.pseudo_label + self.anchor + self.latent + self.latent_anchor <= 0:
+        if (self.pseudo_label + self.anchor + self.latent + self.latent_anchor
+                + self.code_anchor) <= 0:
             raise ConfigError(
                 "SFPLossConfig: all loss weights are 0, so the agent would not learn",
-                fix="give loss.pseudo_label (or loss.anchor / loss.latent / loss.latent_anchor) a "
+                fix="give loss.pseudo_label (or loss.anchor / loss.latent / loss.latent_anchor / "
+                "loss.code_anchor) a "
                 "positive weight",
             )
 

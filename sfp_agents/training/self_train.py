@@ -12,6 +12,7 @@ H, W])``:
        loss.pseudo_label * MSE(forecast, plan.best_future)
        + loss.anchor * MSE(forecast, truth) + loss.latent * MSE(intentions, plan.latents)
        + loss.latent_anchor * MSE(intentions, world_model.encode(truth chunks))
+       + loss.code_anchor * CE(codebook logits of the intentions, the truth chunks' codes)
 
 Mode ``baseline`` trains :class:`SupervisedForecaster` on the same backbone (same seed, hence the
 same initial backbone weights), the same data order, epochs and optimizer, with
@@ -139,6 +140,29 @@ def chunk_rewards(reward: Callable[[Tensor, Tensor], Tensor], forecast: Tensor, 
     return scores.view(b, s)
 
 
+def code_cross_entropy(world_model: Any, intentions: Tensor, target: Tensor,
+                       temperature: float) -> tuple[Tensor, Tensor]:
+    """Per-cell cross-entropy over the codebook towards the nearest code of ``target``.
+
+    ``intentions`` and ``target`` are latents ``[..., D, h, w]``; logits are
+    ``-|intention - code|^2 / temperature`` for every code (gradient flows to ``intentions``
+    only). Returns ``(mean cross-entropy, top-1 accuracy)`` (the accuracy detached).
+    """
+    codebook = world_model.quantizer.codebook.detach()  # [E, D]
+    d = codebook.shape[1]
+    z = intentions.movedim(-3, -1).reshape(-1, d)  # [N, D]
+    with torch.no_grad():
+        labels = world_model.quantizer.nearest_flat(
+            target.movedim(-3, -1).reshape(-1, d), 1
+        )[0][:, 0]
+    # |z|^2 is the same for every code of a row, so it cancels in the softmax; float32 always
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        z = z.float()
+        logits = (2 * z @ codebook.float().T - (codebook.float() ** 2).sum(1)) / temperature
+    accuracy = (logits.detach().argmax(1) == labels).float().mean()
+    return F.cross_entropy(logits, labels), accuracy
+
+
 class IntentionForecaster(nn.Module):
     """Wraps a :class:`ForecasterPolicy` so one ``forward`` returns both the forecast
     ``[B, T_out, C, H, W]`` and the intentions ``[B, S, D, h, w]`` it was decoded from (one
@@ -186,15 +210,23 @@ class SFPObjective:
         latent_mse = F.mse_loss(intentions, plan.latents.detach())
         loss = w.pseudo_label * pseudo_mse + w.anchor * anchor_mse + w.latent * latent_mse
         terms = {}
-        if w.latent_anchor > 0:
+        if w.latent_anchor > 0 or w.code_anchor > 0:
             with torch.no_grad():
                 b, s = intentions.shape[:2]
                 target = self.world_model.encode(
                     truth.reshape(b * s, self.chunk_frames, *truth.shape[2:])
                 ).view_as(intentions)
+        if w.latent_anchor > 0:
             latent_anchor = F.mse_loss(intentions, target)
             loss = loss + w.latent_anchor * latent_anchor
             terms["latent_anchor_mse"] = latent_anchor.detach()
+        if w.code_anchor > 0:
+            code_anchor, accuracy = code_cross_entropy(
+                self.world_model, intentions, target, w.code_temperature
+            )
+            loss = loss + w.code_anchor * code_anchor
+            terms["code_anchor_ce"] = code_anchor.detach()
+            terms["code_accuracy"] = accuracy
         with torch.no_grad():
             own = chunk_rewards(self.reward, forecast.detach(), truth, self.chunk_frames).sum(1)
             reward_pseudo = plan.total_reward.mean()

@@ -25,6 +25,7 @@ from sfp_agents.training.self_train import (
     IntentionForecaster,
     SFPObjective,
     chunk_rewards,
+    code_cross_entropy,
     train_agent,
 )
 from sfp_env.config import from_dict, to_dict
@@ -201,6 +202,55 @@ def test_objective_is_the_documented_weighted_sum(wm_path: Path, latent_anchor: 
     assert all(p.grad is None for p in wm.parameters())
 
 
+def test_code_anchor_is_the_cross_entropy_towards_the_true_codes(wm_path: Path) -> None:
+    wm = GenerativeWorldModel.from_pretrained(wm_path).freeze()
+    d, h, w = wm.latent_shape
+    gen = torch.Generator().manual_seed(2)
+    target = torch.randn(3, 2, d, h, w, generator=gen)  # [B, S, D, h, w]
+    intentions = torch.randn(3, 2, d, h, w, generator=gen, requires_grad=True)
+    ce, accuracy = code_cross_entropy(wm, intentions, target, temperature=0.5)
+    # direct: per cell, logits -|z - e|^2 / T over all E codes, label = nearest code of target
+    book = wm.quantizer.codebook
+    z = intentions.detach().movedim(2, -1).reshape(-1, d)
+    t = target.movedim(2, -1).reshape(-1, d)
+    labels = torch.cdist(t, book).argmin(1)
+    logits = -torch.cdist(z, book) ** 2 / 0.5
+    assert float(ce) == pytest.approx(float(F.cross_entropy(logits, labels)), rel=1e-4)
+    assert float(accuracy) == pytest.approx(float((logits.argmax(1) == labels).float().mean()))
+    ce.backward()
+    assert intentions.grad is not None and intentions.grad.abs().sum() > 0
+    assert book.grad is None
+    # intentions on the true codes: all correct, and the loss vanishes as T -> 0
+    on_codes = wm.codes(wm.nearest(target.flatten(0, 1), 1)[0][:, 0]).view_as(target)
+    ce0, acc0 = code_cross_entropy(wm, on_codes, target, temperature=1e-4)
+    assert float(acc0) == 1.0 and float(ce0) < 1e-3
+
+
+def test_objective_adds_the_code_anchor(wm_path: Path) -> None:
+    wm = GenerativeWorldModel.from_pretrained(wm_path).freeze()
+    arch = policy_arch("resnet", BACKBONE_KWARGS, in_frames=13,
+                       out_frames=12, chunk_frames=4, frame_shape=(1, SIZE, SIZE), downsample=4)
+    model = IntentionForecaster(build_policy("sfp", arch, wm))
+    planner, reward = get_planner("beam", beam_width=2, top_k=3), get_reward("csi_m")
+    gen = torch.Generator().manual_seed(1)
+    context = torch.rand(2, 13, 1, SIZE, SIZE, generator=gen)
+    truth = torch.rand(2, 12, 1, SIZE, SIZE, generator=gen)
+    base = SFPLossConfig(pseudo_label=0.7, anchor=0.2, latent=0.3)
+    with_code = SFPLossConfig(pseudo_label=0.7, anchor=0.2, latent=0.3, code_anchor=0.6,
+                              code_temperature=0.2)
+    logs0 = SFPObjective(planner, wm, reward, base)(model, context, truth)
+    logs = SFPObjective(planner, wm, reward, with_code)(model, context, truth)
+    with torch.no_grad():
+        _, intentions = model(context)
+        encoded = torch.stack([wm.encode(truth[:, 4 * s:4 * s + 4]) for s in range(3)], dim=1)
+        ce, _ = code_cross_entropy(wm, intentions, encoded, 0.2)
+    assert "code_anchor_ce" not in logs0
+    assert float(logs["code_anchor_ce"]) == pytest.approx(float(ce), rel=1e-5)
+    assert float(logs["loss"]) == pytest.approx(float(logs0["loss"]) + 0.6 * float(ce), rel=1e-5)
+    with pytest.raises(ConfigError, match="code_temperature"):
+        SFPLossConfig(code_temperature=0.0)
+
+
 def test_unfrozen_world_model_is_refused(wm_path: Path) -> None:
     wm = GenerativeWorldModel.from_pretrained(wm_path)  # loaded in eval mode, not frozen
     planner, reward = get_planner("beam", beam_width=2, top_k=3), get_reward("csi_m")
@@ -250,6 +300,8 @@ def test_shipped_agent_configs() -> None:
     with pytest.raises(ConfigError, match="loss"):
         load_config(AgentRunConfig, "sevir", ["loss.pseudo_label=0", "loss.anchor=0",
                                               "loss.latent=0", "loss.latent_anchor=0"])
+    with pytest.raises(ConfigError, match="code_anchor"):
+        load_config(AgentRunConfig, "sevir", ["loss.code_anchor=-1"])
 
 
 def _two_process_train(run_dir: str, wm_path: str, out_dir: str) -> None:
