@@ -127,12 +127,29 @@ TRAINED_RECORD = "leaderboard_run.json"
 
 def _finished_training(path: Path, config: Any) -> dict[str, Any] | None:
     """The record of a finished training run with exactly ``config``, or None (no record, another
-    config, or its checkpoint is gone): a suite that crashed or was stopped resumes there."""
+    config, or its checkpoint is gone): a suite that crashed or was stopped resumes there.
+    The stored config is read back with today's defaults (an option added since, at its default,
+    still matches); sections the run's mode never reads (``UNUSED_BY_MODE``: a baseline's
+    planner and SFP loss weights) are left out of the comparison."""
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    same = json.loads(json.dumps(to_dict(config), default=str)) == record.get("config")
+    from sfp_agents.agent_config import UNUSED_BY_MODE
+
+    def used(d: Any) -> Any:  # drop the sections this mode never reads (UNUSED_BY_MODE)
+        if not isinstance(d, dict):
+            return d
+        return {k: v for k, v in d.items() if k not in UNUSED_BY_MODE.get(d.get("mode"), ())}
+
+    def plain(c: Any) -> Any:
+        return json.loads(json.dumps(to_dict(c), default=str))
+
+    try:  # read back with today's defaults, so a newly added option at its default still matches
+        stored = plain(from_dict(type(config), record.get("config")))
+    except (ConfigError, TypeError):
+        return None
+    same = used(plain(config)) == used(stored)
     if not same or not Path(record.get("checkpoint", "")).is_file():
         return None
     return record

@@ -126,3 +126,51 @@ def test_resume_reuses_finished_trainings_and_reproduces_the_numbers(
     n = len(again["runs"])
     assert f"{n} of {n} trainings were reused" in render_markdown(again)
     assert "were reused" not in render_markdown(out)
+
+
+@pytest.mark.parametrize("mode", ["baseline", "sfp"])
+def test_resume_ignores_only_the_sections_a_mode_never_reads(tmp_path: Path, mode: str) -> None:
+    from benchmarks.leaderboard import TRAINED_RECORD, _finished_training
+    from sfp_agents.agent_config import AgentRunConfig
+    from sfp_agents.config import load_config
+    from sfp_env.config import to_dict
+
+    checkpoint = tmp_path / "agent.pt"
+    checkpoint.write_bytes(b"x")
+    record = tmp_path / TRAINED_RECORD
+
+    def config(*overrides: str) -> AgentRunConfig:
+        return load_config(AgentRunConfig, "sevir", [f"mode={mode}", *overrides])
+
+    record.write_text(json.dumps({"config": json.loads(json.dumps(to_dict(config()))),
+                                  "checkpoint": str(checkpoint)}))
+    assert _finished_training(record, config()) is not None
+    # a baseline never reads the SFP loss weights or the planner; an SFP run does
+    changed_loss = _finished_training(record, config("loss.code_anchor=0.5"))
+    changed_planner = _finished_training(record, config("planner.kwargs={beam_width: 3}"))
+    if mode == "baseline":
+        assert changed_loss is not None and changed_planner is not None
+    else:
+        assert changed_loss is None and changed_planner is None
+    assert _finished_training(record, config("train.seed=7")) is None  # read by every mode
+    checkpoint.unlink()
+    assert _finished_training(record, config()) is None  # the checkpoint is gone
+
+
+def test_resume_reads_old_records_with_todays_defaults(tmp_path: Path) -> None:
+    from benchmarks.leaderboard import TRAINED_RECORD, _finished_training
+    from sfp_agents.agent_config import AgentRunConfig
+    from sfp_agents.config import load_config
+    from sfp_env.config import to_dict
+
+    checkpoint = tmp_path / "agent.pt"
+    checkpoint.write_bytes(b"x")
+    config = load_config(AgentRunConfig, "sevir", ["mode=sfp", "loss.code_anchor=0"])
+    stored = json.loads(json.dumps(to_dict(config)))
+    del stored["loss"]["code_anchor"]  # written before the option existed (its default: 0)
+    record = tmp_path / TRAINED_RECORD
+    record.write_text(json.dumps({"config": stored, "checkpoint": str(checkpoint)}))
+    assert _finished_training(record, config) is not None
+    stored["loss"]["no_such_option"] = 1.0  # an option that no longer exists: train again
+    record.write_text(json.dumps({"config": stored, "checkpoint": str(checkpoint)}))
+    assert _finished_training(record, config) is None
