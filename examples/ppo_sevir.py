@@ -8,8 +8,9 @@ the truth. The default policy (``--policy codes``) is :class:`CodeChoicePolicy`,
 every candidate code of every cell with one small network shared by all cells, from the frames'
 features at that cell and the candidate's code vector. After training, the PPO policy
 (deterministic and sampled), uniformly random code choices and rank 0 everywhere (the base
-intention's nearest codes) are evaluated on the same validation episodes (same seeds, so the
-same samples); the mean episode rewards and the paired differences to random are printed.
+intention's nearest codes) each run one episode on every sample of the validation split (random
+choices: the mean of ``--random-draws`` episodes per sample); the mean episode rewards and the
+differences to random, paired by sample, are printed with their standard errors.
 
 Usage::
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -50,15 +51,15 @@ def tiny_setup() -> dict[str, Any]:
 def evaluate(
     env: CodeChoiceWrapper,
     act: Callable[[Any], np.ndarray],
-    episodes: int,
+    indices: Sequence[int],
     seed: int,
     split: str,
 ) -> np.ndarray:
-    """Episode rewards (sums over the steps) ``[episodes]`` of ``act`` on episodes seeded seed,
-    seed+1, ... (the same samples for every policy)."""
+    """Episode rewards (sums over the steps) ``[len(indices)]`` of ``act``, one episode per
+    sample index of ``split`` (the same samples for every policy; episode i seeded seed + i)."""
     totals = []
-    for ep in range(episodes):
-        obs, _ = env.reset(seed=seed + ep, options={"split": split})
+    for ep, index in enumerate(indices):
+        obs, _ = env.reset(seed=seed + ep, options={"split": split, "index": int(index)})
         done, total = False, 0.0
         while not done:
             obs, reward, terminated, truncated, _ = env.step(act(obs))
@@ -79,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--timesteps", type=int, default=4096, help="PPO training env steps")
     parser.add_argument("--k", type=int, default=8, help="codes to choose from per cell")
-    parser.add_argument("--episodes", type=int, default=32, help="evaluation episodes")
+    parser.add_argument("--episodes", type=int, default=0,
+                        help="evaluation episodes: the first N samples of the split (0: all)")
+    parser.add_argument("--random-draws", type=int, default=4,
+                        help="random-choice episodes per evaluation sample (averaged)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split", default="val", help="evaluation split")
     parser.add_argument("--world-model", default=None, help="shipped name or checkpoint path")
@@ -163,15 +167,20 @@ def main(argv: list[str] | None = None) -> int:
         return np.zeros(cells, dtype=np.int64)
 
     eval_seed = args.seed + 10_000
+    n = eval_env.forecast_env.core.num_samples(args.split)
+    indices = range(min(args.episodes, n) if args.episodes > 0 else n)
     results = {
-        "PPO (deterministic)": evaluate(eval_env, ppo_act, args.episodes, eval_seed, args.split),
-        "PPO (sampled)": evaluate(eval_env, ppo_sample, args.episodes, eval_seed, args.split),
-        "uniform random codes": evaluate(
-            eval_env, random_act, args.episodes, eval_seed, args.split
-        ),
-        "rank 0 (base only)": evaluate(eval_env, rank0_act, args.episodes, eval_seed, args.split),
+        "PPO (deterministic)": evaluate(eval_env, ppo_act, indices, eval_seed, args.split),
+        "PPO (sampled)": evaluate(eval_env, ppo_sample, indices, eval_seed, args.split),
+        # the expected reward of random choices per sample: the mean of several draws
+        "uniform random codes": np.mean([
+            evaluate(eval_env, random_act, indices, eval_seed, args.split)
+            for _ in range(max(1, args.random_draws))
+        ], axis=0),
+        "rank 0 (base only)": evaluate(eval_env, rank0_act, indices, eval_seed, args.split),
     }
-    print(f"mean episode reward on {args.episodes} {args.split} episodes (same seeds):")
+    print(f"mean episode reward on {len(indices)} {args.split} samples (one episode per sample; "
+          f"random choices: mean of {max(1, args.random_draws)} episodes per sample):")
     for name, totals in results.items():
         print(f"  {name:<22}{totals.mean():.4f}")
     rand = results["uniform random codes"]

@@ -32,3 +32,4 @@ def test_ppo_example_trains_and_compares_policies(extra, capsys):
                  "PPO (sampled) - random"):
         assert line in out
     assert f"policy {extra[1]}" in out
+    assert "on 2 val samples" in out  # --episodes N: the first N samples, one episode each
