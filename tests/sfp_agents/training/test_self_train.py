@@ -299,7 +299,8 @@ def test_shipped_agent_configs() -> None:
         load_config(AgentRunConfig, "sevir", ["mode=rl"])
     with pytest.raises(ConfigError, match="loss"):
         load_config(AgentRunConfig, "sevir", ["loss.pseudo_label=0", "loss.anchor=0",
-                                              "loss.latent=0", "loss.latent_anchor=0"])
+                                              "loss.latent=0", "loss.latent_anchor=0",
+                                              "loss.code_anchor=0"])
     with pytest.raises(ConfigError, match="code_anchor"):
         load_config(AgentRunConfig, "sevir", ["loss.code_anchor=-1"])
 
