@@ -137,19 +137,15 @@ def _finished_training(path: Path, config: Any) -> dict[str, Any] | None:
         return None
     from sfp_agents.agent_config import UNUSED_BY_MODE
 
-    def used(d: Any) -> Any:  # drop the sections this mode never reads (UNUSED_BY_MODE)
-        if not isinstance(d, dict):
-            return d
+    def used(c: Any) -> dict[str, Any]:  # as JSON, without the sections this mode never reads
+        d = json.loads(json.dumps(to_dict(c), default=str))
         return {k: v for k, v in d.items() if k not in UNUSED_BY_MODE.get(d.get("mode"), ())}
 
-    def plain(c: Any) -> Any:
-        return json.loads(json.dumps(to_dict(c), default=str))
-
     try:  # read back with today's defaults, so a newly added option at its default still matches
-        stored = plain(from_dict(type(config), record.get("config")))
+        stored = from_dict(type(config), record.get("config"))
     except (ConfigError, TypeError):
         return None
-    same = used(plain(config)) == used(stored)
+    same = used(config) == used(stored)
     if not same or not Path(record.get("checkpoint", "")).is_file():
         return None
     return record

@@ -169,18 +169,19 @@ def main(argv: list[str] | None = None) -> int:
     eval_seed = args.seed + 10_000
     n = eval_env.forecast_env.core.num_samples(args.split)
     indices = range(min(args.episodes, n) if args.episodes > 0 else n)
+    draws = max(1, args.random_draws)
     results = {
         "PPO (deterministic)": evaluate(eval_env, ppo_act, indices, eval_seed, args.split),
         "PPO (sampled)": evaluate(eval_env, ppo_sample, indices, eval_seed, args.split),
         # the expected reward of random choices per sample: the mean of several draws
         "uniform random codes": np.mean([
             evaluate(eval_env, random_act, indices, eval_seed, args.split)
-            for _ in range(max(1, args.random_draws))
+            for _ in range(draws)
         ], axis=0),
         "rank 0 (base only)": evaluate(eval_env, rank0_act, indices, eval_seed, args.split),
     }
     print(f"mean episode reward on {len(indices)} {args.split} samples (one episode per sample; "
-          f"random choices: mean of {max(1, args.random_draws)} episodes per sample):")
+          f"random choices: mean of {draws} episodes per sample):")
     for name, totals in results.items():
         print(f"  {name:<22}{totals.mean():.4f}")
     rand = results["uniform random codes"]

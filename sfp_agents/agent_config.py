@@ -112,24 +112,24 @@ class SFPLossConfig:
     code_anchor: float = 0.0
     code_temperature: float = 0.05
 
+    #: the loss weights (each >= 0, not all 0); ``code_temperature`` is a scale, not a weight
+    WEIGHTS: ClassVar[tuple[str, ...]] = (
+        "pseudo_label", "anchor", "latent", "latent_anchor", "code_anchor",
+    )
+
     def __post_init__(self) -> None:
-        _require("SFPLossConfig", "code_temperature",
-                 isinstance(self.code_temperature, (int, float))
-                 and not isinstance(self.code_temperature, bool)
-                 and math.isfinite(self.code_temperature) and self.code_temperature > 0,
-                 self.code_temperature, "a finite number > 0")
-        for name in ("pseudo_label", "anchor", "latent", "latent_anchor", "code_anchor"):
+        for name in (*self.WEIGHTS, "code_temperature"):
             value = getattr(self, name)
+            positive = name == "code_temperature"
             _require("SFPLossConfig", name, isinstance(value, (int, float))
-                     and not isinstance(value, bool) and math.isfinite(value) and value >= 0,
-                     value, "a finite number >= 0")
-        if (self.pseudo_label + self.anchor + self.latent + self.latent_anchor
-                + self.code_anchor) <= 0:
+                     and not isinstance(value, bool) and math.isfinite(value)
+                     and (value > 0 if positive else value >= 0),
+                     value, "a finite number > 0" if positive else "a finite number >= 0")
+        if sum(getattr(self, name) for name in self.WEIGHTS) <= 0:
             raise ConfigError(
                 "SFPLossConfig: all loss weights are 0, so the agent would not learn",
-                fix="give loss.pseudo_label (or loss.anchor / loss.latent / loss.latent_anchor / "
-                "loss.code_anchor) a "
-                "positive weight",
+                fix="give one of " + ", ".join(f"loss.{n}" for n in self.WEIGHTS)
+                + " a positive weight",
             )
 
 

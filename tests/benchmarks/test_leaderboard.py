@@ -13,8 +13,18 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.leaderboard import load_suite, render_markdown, run_suite, summarize
+from benchmarks.leaderboard import (
+    TRAINED_RECORD,
+    _finished_training,
+    load_suite,
+    render_markdown,
+    run_suite,
+    summarize,
+)
+from sfp_agents.agent_config import AgentRunConfig
+from sfp_agents.config import load_config
 from sfp_agents.policies import BACKBONES, register_backbone
+from sfp_env.config import to_dict
 from sfp_env.world_model import GenerativeWorldModel, WorldModelConfig
 
 SIZE = 16
@@ -130,10 +140,6 @@ def test_resume_reuses_finished_trainings_and_reproduces_the_numbers(
 
 @pytest.mark.parametrize("mode", ["baseline", "sfp"])
 def test_resume_ignores_only_the_sections_a_mode_never_reads(tmp_path: Path, mode: str) -> None:
-    from benchmarks.leaderboard import TRAINED_RECORD, _finished_training
-    from sfp_agents.agent_config import AgentRunConfig
-    from sfp_agents.config import load_config
-    from sfp_env.config import to_dict
 
     checkpoint = tmp_path / "agent.pt"
     checkpoint.write_bytes(b"x")
@@ -158,10 +164,6 @@ def test_resume_ignores_only_the_sections_a_mode_never_reads(tmp_path: Path, mod
 
 
 def test_resume_reads_old_records_with_todays_defaults(tmp_path: Path) -> None:
-    from benchmarks.leaderboard import TRAINED_RECORD, _finished_training
-    from sfp_agents.agent_config import AgentRunConfig
-    from sfp_agents.config import load_config
-    from sfp_env.config import to_dict
 
     checkpoint = tmp_path / "agent.pt"
     checkpoint.write_bytes(b"x")
