@@ -125,12 +125,26 @@ def _loss_key(history: Sequence[Mapping[str, Any]]) -> str | None:
 TRAINED_RECORD = "leaderboard_run.json"
 
 
+def _world_model_hash(config: Any) -> str | None:
+    """The weight hash of the world model a run of ``config`` decodes through (None for a mode
+    that uses none, e.g. the baseline): recorded with every finished training, so a retrained
+    shipped model makes the SFP runs trained on the old one stale."""
+    from sfp_agents.policies.checkpoint import POLICY_KINDS
+    from sfp_env.world_model import GenerativeWorldModel
+
+    if not POLICY_KINDS.get(config.mode).needs_world_model:
+        return None
+    return str(GenerativeWorldModel.from_pretrained(config.resolved_world_model).fingerprint())
+
+
 def _finished_training(path: Path, config: Any) -> dict[str, Any] | None:
     """The record of a finished training run with exactly ``config``, or None (no record, another
-    config, or its checkpoint is gone): a suite that crashed or was stopped resumes there.
-    The stored config is read back with today's defaults (an option added since, at its default,
-    still matches); sections the run's mode never reads (``UNUSED_BY_MODE``: a baseline's
-    planner and SFP loss weights) are left out of the comparison."""
+    config, another world model, or its checkpoint is gone): a suite that crashed or was stopped
+    resumes there. The stored config is read back with today's defaults (an option added since,
+    at its default, still matches); sections the run's mode never reads (``UNUSED_BY_MODE``: a
+    baseline's planner and SFP loss weights) are left out of the comparison. A run that decodes
+    through a world model is reused only if the model's weights are those it was trained with
+    (``world_model_hash``; a record without it is trained again)."""
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -147,6 +161,8 @@ def _finished_training(path: Path, config: Any) -> dict[str, Any] | None:
         return None
     same = used(config) == used(stored)
     if not same or not Path(record.get("checkpoint", "")).is_file():
+        return None
+    if record.get("world_model_hash") != _world_model_hash(config):
         return None
     return record
 
@@ -189,6 +205,7 @@ def _run_one(
         trained = {
             "config": to_dict(config),
             "checkpoint": str(result.best_checkpoint),
+            "world_model_hash": _world_model_hash(config),
             "train_wall_s": round(time.perf_counter() - t0, 2),
             "history": [
                 {k: v for k, v in h.items() if isinstance(v, (int, float, str))}

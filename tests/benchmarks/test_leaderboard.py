@@ -16,6 +16,7 @@ from torch import nn
 from benchmarks.leaderboard import (
     TRAINED_RECORD,
     _finished_training,
+    _world_model_hash,
     load_suite,
     render_markdown,
     run_suite,
@@ -24,7 +25,7 @@ from benchmarks.leaderboard import (
 from sfp_agents.agent_config import AgentRunConfig
 from sfp_agents.config import load_config
 from sfp_agents.policies import BACKBONES, register_backbone
-from sfp_env.config import to_dict
+from sfp_env.config import from_dict, to_dict
 from sfp_env.world_model import GenerativeWorldModel, WorldModelConfig
 
 SIZE = 16
@@ -149,7 +150,8 @@ def test_resume_ignores_only_the_sections_a_mode_never_reads(tmp_path: Path, mod
         return load_config(AgentRunConfig, "sevir", [f"mode={mode}", *overrides])
 
     record.write_text(json.dumps({"config": json.loads(json.dumps(to_dict(config()))),
-                                  "checkpoint": str(checkpoint)}))
+                                  "checkpoint": str(checkpoint),
+                                  "world_model_hash": _world_model_hash(config())}))
     assert _finished_training(record, config()) is not None
     # a baseline never reads the SFP loss weights or the planner; an SFP run does
     changed_loss = _finished_training(record, config("loss.code_anchor=0.5"))
@@ -171,8 +173,37 @@ def test_resume_reads_old_records_with_todays_defaults(tmp_path: Path) -> None:
     stored = json.loads(json.dumps(to_dict(config)))
     del stored["loss"]["code_anchor"]  # written before the option existed (its default: 0)
     record = tmp_path / TRAINED_RECORD
-    record.write_text(json.dumps({"config": stored, "checkpoint": str(checkpoint)}))
+    wm_hash = _world_model_hash(config)
+    record.write_text(json.dumps({"config": stored, "checkpoint": str(checkpoint),
+                                  "world_model_hash": wm_hash}))
     assert _finished_training(record, config) is not None
     stored["loss"]["no_such_option"] = 1.0  # an option that no longer exists: train again
-    record.write_text(json.dumps({"config": stored, "checkpoint": str(checkpoint)}))
+    record.write_text(json.dumps({"config": stored, "checkpoint": str(checkpoint),
+                                  "world_model_hash": wm_hash}))
     assert _finished_training(record, config) is None
+
+
+def test_resume_retrains_sfp_runs_whose_world_model_changed(
+    results: tuple[dict, Path, dict], tmp_path: Path
+) -> None:
+    """A retrained world model at the same path (e.g. a new shipped checkpoint) makes the SFP
+    runs trained on the old one stale; baselines, which decode through none, stay reused."""
+    out, _, _ = results
+    wm_path = tmp_path / "wm.pt"
+    first = {r["mode"]: r for r in out["runs"] if r["backbone"] == "resnet" and r["seed"] == 0}
+    for mode, run in first.items():
+        stored = json.loads((Path(run["checkpoint"]).parents[1] / TRAINED_RECORD).read_text())
+        original_wm = GenerativeWorldModel.from_pretrained(stored["config"]["world_model"])
+        original_wm.save_pretrained(wm_path, data={}, metrics={})
+        stored["config"]["world_model"] = str(wm_path)  # same path as the config below
+        config = from_dict(AgentRunConfig, stored["config"])
+        record = tmp_path / f"{mode}.json"
+        record.write_text(json.dumps(stored))
+        assert _finished_training(record, config) is not None, mode
+        other = GenerativeWorldModel(dataclasses.replace(original_wm.config, seed=1))
+        other.save_pretrained(wm_path, data={}, metrics={})  # retrained: other weights
+        reused = _finished_training(record, config)
+        assert (reused is not None) == (mode == "baseline"), mode
+        stored.pop("world_model_hash")  # a record from before the hash was kept
+        record.write_text(json.dumps(stored))
+        assert (_finished_training(record, config) is not None) == (mode == "baseline"), mode
