@@ -37,6 +37,8 @@ ContextFeatures = list[Tensor] | None
 
 #: Smallest half-range of the latent scale, so that a constant channel maps without dividing by 0.
 _MIN_HALF_RANGE = 1e-6
+#: rows per decoder call on a CPU (see ``GenerativeWorldModel._decode``)
+CPU_DECODE_ROWS = 32
 
 
 class GenerativeWorldModel(nn.Module):
@@ -248,15 +250,30 @@ class GenerativeWorldModel(nn.Module):
         return self._decode(features, latents)
 
     def _decode(self, features: ContextFeatures, latents: Tensor) -> Tensor:
-        """Unchecked decode of ``latents`` [B, N, D, h, w] -> [B, N, T_f, C, H, W]."""
+        """Unchecked decode of ``latents`` [B, N, D, h, w] -> [B, N, T_f, C, H, W].
+
+        On a CPU the ``B * N`` rows go through the decoder in blocks of at most
+        ``CPU_DECODE_ROWS`` (every layer is per-row, so the result is the same): one call with
+        hundreds of full-resolution rows leaves the caches and runs about half as fast per row
+        on a 2-core CPU (``benchmarks/NOTES.md``). Other devices decode all rows at once.
+        """
         b, n, d, h, w = latents.shape
         if features is not None:
             features = [f.unsqueeze(1).expand(-1, n, *f.shape[1:]).reshape(b * n, *f.shape[1:])
                         for f in features]
         c = self.config
         activation = OUTPUT_ACTIVATIONS.get(c.output_activation)  # looked up: keeps it picklable
-        out = activation(self.decoder(latents.reshape(b * n, d, h, w), features))
-        return out.view(b, n, c.chunk_frames, c.channels, c.height, c.width)
+        rows = latents.reshape(b * n, d, h, w)
+        block = CPU_DECODE_ROWS if rows.device.type == "cpu" else rows.shape[0]
+        if rows.shape[0] <= block:
+            out = self.decoder(rows, features)
+        else:
+            out = torch.cat([
+                self.decoder(rows[i : i + block],
+                             None if features is None else [f[i : i + block] for f in features])
+                for i in range(0, rows.shape[0], block)
+            ])
+        return activation(out).view(b, n, c.chunk_frames, c.channels, c.height, c.width)
 
     def decode(self, latent: Tensor, context: Tensor | None) -> Tensor:
         """Latent ``[B, D, h, w]`` (+ context ``[B, T_in, C, H, W]``) -> ``[B, T_f, C, H, W]``."""

@@ -74,6 +74,33 @@ def test_decode_candidates_matches_decode(tiny_model, frames):
     assert not torch.allclose(out, m.decode_candidates(frames(2, 3, seed=9), latents))
 
 
+
+@pytest.mark.parametrize("conditional", [True, False])
+def test_cpu_decode_in_row_blocks_equals_one_call(tiny_config, frames, monkeypatch, conditional):
+    """More rows than ``CPU_DECODE_ROWS`` are decoded block by block, with the same result (and
+    gradients) as one decoder call over all rows."""
+    import sfp_env.world_model.model as model_module
+
+    m = GenerativeWorldModel(tiny_config.replace(
+        conditional=conditional, in_frames=tiny_config.in_frames if conditional else 0))
+    ctx = frames(3, tiny_config.in_frames) if conditional else None
+    latents = torch.randn(3, 5, *m.latent_shape, generator=torch.Generator().manual_seed(4))
+    latents.requires_grad_(True)
+    calls = []
+    decoder_forward = m.decoder.forward
+    monkeypatch.setattr(m.decoder, "forward",
+                        lambda z, f: calls.append(z.shape[0]) or decoder_forward(z, f))
+    monkeypatch.setattr(model_module, "CPU_DECODE_ROWS", 4)
+    blocks = m.decode_candidates(ctx, latents)
+    (grad_blocks,) = torch.autograd.grad(blocks.square().sum(), latents)
+    assert calls == [4, 4, 4, 3]
+    monkeypatch.setattr(model_module, "CPU_DECODE_ROWS", 10**6)
+    whole = m.decode_candidates(ctx, latents)
+    (grad_whole,) = torch.autograd.grad(whole.square().sum(), latents)
+    assert calls[-1] == 15
+    torch.testing.assert_close(blocks, whole, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(grad_blocks, grad_whole, atol=1e-6, rtol=1e-5)
+
 def test_unconditional_model_decodes_without_context(frames):
     cfg = WorldModelConfig(in_frames=0, chunk_frames=1, channels=3, height=16, width=32,
                            latent_dim=4, codebook_size=16, hidden=8, top_k=4, conditional=False,
