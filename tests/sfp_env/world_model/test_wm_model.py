@@ -74,7 +74,6 @@ def test_decode_candidates_matches_decode(tiny_model, frames):
     assert not torch.allclose(out, m.decode_candidates(frames(2, 3, seed=9), latents))
 
 
-
 @pytest.mark.parametrize("conditional", [True, False])
 def test_cpu_decode_in_row_blocks_equals_one_call(tiny_config, frames, monkeypatch, conditional):
     """More rows than ``CPU_DECODE_ROWS`` are decoded block by block, with the same result (and
@@ -100,6 +99,7 @@ def test_cpu_decode_in_row_blocks_equals_one_call(tiny_config, frames, monkeypat
     assert calls[-1] == 15
     torch.testing.assert_close(blocks, whole, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(grad_blocks, grad_whole, atol=1e-6, rtol=1e-5)
+
 
 def test_unconditional_model_decodes_without_context(frames):
     cfg = WorldModelConfig(in_frames=0, chunk_frames=1, channels=3, height=16, width=32,
