@@ -1,51 +1,99 @@
 """Train PPO on SFP-SEVIR-v0 through discrete code choices and compare with random choices.
 
 The agent observes the last 13 VIL frames and, every step, picks for each latent cell one of the
-K codes nearest to a base intention (``CodeChoiceWrapper``): by default the world model's latent
-of the last observed chunk (``PersistenceIntention``; ``--base centre`` uses the codebook
-centre); the frozen world model decodes the next 4 frames and the reward is their CSI-M against
-the truth. The default policy (``--policy codes``) is :class:`CodeChoicePolicy`, which scores
-every candidate code of every cell with one small network shared by all cells, from the frames'
+K codes nearest to a base intention (``CodeChoiceWrapper``): by default the intention of a trained
+SFP agent for that chunk (``AgentIntention``; the agent is trained first with the ``small``
+leaderboard's resnet recipe, about 90 s, or given with ``--agent``), so the choice is the
+planner's decision around a forecaster; ``--base persistence`` uses the world model's latent of
+the last observed chunk, ``--base centre`` the codebook centre. The frozen world model decodes
+the next 4 frames and the reward is their CSI-M against the truth. PPO trains on the reward
+relative to rank 0 at the same step (``--no-relative-reward``: the env's reward).
+
+The default policy (``--policy codes``) is :class:`CodeChoicePolicy`, which scores every
+candidate code of every cell with one small network shared by all cells, from the frames'
 features at that cell and the candidate's code vector. After training, the PPO policy
 (deterministic and sampled), uniformly random code choices and rank 0 everywhere (the base
 intention's nearest codes) each run one episode on every sample of the validation split (random
 choices: the mean of ``--random-draws`` episodes per sample); the mean episode rewards and the
-differences to random, paired by sample, are printed with their standard errors.
+differences to random and to rank 0, paired by sample, are printed with their standard errors.
 
 Usage::
 
     python examples/ppo_sevir.py                      # shipped world model, embedded data
     python examples/ppo_sevir.py --timesteps 8192 --k 8
-    python examples/ppo_sevir.py --tiny               # 16x16 data, random-weight model (smoke)
+    python examples/ppo_sevir.py --tiny               # 16x16 data, random weights (smoke)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from stable_baselines3 import PPO
 
-from sfp_agents.sb3 import CodeChoiceWrapper, FrameFeaturesExtractor, PersistenceIntention
+from sfp_agents.sb3 import (
+    AgentIntention,
+    CodeChoiceWrapper,
+    FrameFeaturesExtractor,
+    PersistenceIntention,
+)
 from sfp_agents.sb3_policy import CodeChoicePolicy
 from sfp_env.envs.forecast_env import ForecastEnv
 from sfp_env.envs.tasks import get_task
 
 
-def tiny_setup() -> dict[str, Any]:
-    """16x16 embedded storms and a random-weight world model: runs in seconds, learns little."""
+def tiny_setup() -> tuple[dict[str, Any], torch.nn.Module]:
+    """16x16 embedded storms, a random-weight world model and an untrained SFP agent on it:
+    ``(ForecastEnv kwargs, agent)``; runs in seconds, learns little."""
+    from sfp_agents.policies.checkpoint import build_policy, policy_arch
     from sfp_env.world_model import GenerativeWorldModel, WorldModelConfig
 
-    fields = get_task("sevir").world_model_fields(16, 16)
+    spec = get_task("sevir")
+    fields = spec.world_model_fields(16, 16)
     config = WorldModelConfig(**fields, latent_dim=4, codebook_size=32, hidden=8, top_k=8)
-    return {
-        "world_model": GenerativeWorldModel(config),
+    world_model = GenerativeWorldModel(config)
+    arch = policy_arch(
+        "resnet", {"hidden": 8, "blocks": 1}, in_frames=spec.in_frames,
+        out_frames=spec.out_frames, chunk_frames=spec.chunk_frames, frame_shape=(1, 16, 16),
+        downsample=config.downsample,
+    )
+    kwargs = {
+        "world_model": world_model,
         "data_kwargs": {"embedded": {"n_train": 16, "n_val": 4, "n_test": 4, "size": 16}},
     }
+    return kwargs, build_policy("sfp", arch, world_model)
+
+
+def base_agent_checkpoint(run_dir: Path, seed: int, data_dir: str | None) -> Path:
+    """The SFP agent whose intentions are the base of ``--base agent``: trained here with the
+    ``small`` leaderboard's recipe (resnet backbone, beam planner, 128 training windows, 3
+    epochs, ``train.seed=seed``: the config of that leaderboard's resnet +SFP row; about 90 s on
+    2 CPU cores) into ``run_dir``, or reused from a finished run there (the run resumes where it
+    stopped otherwise)."""
+    from benchmarks.leaderboard import load_suite
+    from sfp_agents.agent_config import AgentRunConfig
+    from sfp_agents.config import load_config
+    from sfp_agents.training.self_train import train_agent
+
+    _, suite = load_suite("small")
+    overrides = list(suite.overrides) + list(suite.task_overrides.get("sevir", [])) + [
+        "mode=sfp", "backbone.name=resnet", f"train.seed={seed}", "planner.name=beam",
+        f"backbone.kwargs={json.dumps(suite.backbone_kwargs.get('resnet', {}))}",
+        f"run_dir={run_dir.as_posix()}",
+    ]
+    if data_dir is not None:
+        overrides.append(f"data_root={data_dir}")
+    config = load_config(AgentRunConfig, "sevir", overrides)
+    start = time.perf_counter()
+    result = train_agent(config, resume=True, tensorboard=False, progress=False)
+    print(f"base agent: {result.best_checkpoint} ({time.perf_counter() - start:.1f} s)")
+    return result.best_checkpoint
 
 
 def evaluate(
@@ -88,28 +136,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="val", help="evaluation split")
     parser.add_argument("--world-model", default=None, help="shipped name or checkpoint path")
     parser.add_argument("--data-dir", default=None, help="SEVIR root (default: embedded data)")
-    parser.add_argument("--base", choices=("persistence", "centre"), default="persistence",
+    parser.add_argument("--base", choices=("agent", "persistence", "centre"), default="agent",
                         help="base intention whose K nearest codes are the choices")
+    parser.add_argument("--agent", default=None,
+                        help="SFP agent checkpoint for --base agent (default: train one into "
+                        "--agent-dir, or reuse the one trained there)")
+    parser.add_argument("--agent-dir", default="runs/ppo_sevir/agent",
+                        help="run directory of the base agent trained when --agent is not given")
     parser.add_argument("--policy", choices=("codes", "cell", "mlp"), default="codes",
                         help="codes: CodeChoicePolicy scoring each candidate code (the wrapper "
                         "observes the candidates); cell: CodeChoicePolicy on the frames only "
                         "(per-cell head shared by all cells); mlp: MlpPolicy on "
                         "FrameFeaturesExtractor (one dense head for all cells)")
-    parser.add_argument("--relative-reward", action="store_true",
+    parser.add_argument("--relative-reward", action=argparse.BooleanOptionalAction,
+                        default=True,
                         help="train on the reward minus rank 0's reward at the same step")
     parser.add_argument("--n-steps", type=int, default=256, help="PPO rollout length")
-    parser.add_argument("--lr", type=float, default=3e-4, help="PPO learning rate")
+    parser.add_argument("--lr", type=float, default=3e-3, help="PPO learning rate")
     parser.add_argument("--epochs", type=int, default=4, help="PPO epochs per rollout")
     parser.add_argument("--gamma", type=float, default=0.99, help="PPO discount")
     parser.add_argument("--tiny", action="store_true", help="tiny random-weight smoke run")
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
-    kwargs: dict[str, Any] = tiny_setup() if args.tiny else {"world_model": args.world_model}
+    agent: Any = args.agent
+    if args.tiny:
+        kwargs, tiny_agent = tiny_setup()
+        agent = agent or tiny_agent
+    else:
+        kwargs = {"world_model": args.world_model}
+        if args.base == "agent" and agent is None:
+            agent = base_agent_checkpoint(Path(args.agent_dir), args.seed, args.data_dir)
     kwargs["data_dir"] = args.data_dir
 
     def wrap(inner: ForecastEnv, relative: bool) -> CodeChoiceWrapper:
-        base = PersistenceIntention(inner) if args.base == "persistence" else None
+        base: Any = None
+        if args.base == "persistence":
+            base = PersistenceIntention(inner)
+        elif args.base == "agent":
+            base = AgentIntention(inner, agent)
         return CodeChoiceWrapper(
             inner,
             k=args.k,
@@ -152,8 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     model.learn(total_timesteps=args.timesteps)
     print(f"trained PPO for {args.timesteps} steps in {time.perf_counter() - start:.1f} s")
 
+    ranks_used = np.zeros(args.k, dtype=np.int64)  # ranks the deterministic policy picks
+
     def ppo_act(obs: Any) -> np.ndarray:
-        return model.predict(obs, deterministic=True)[0]
+        choice = model.predict(obs, deterministic=True)[0]
+        ranks_used[:] += np.bincount(choice, minlength=args.k)
+        return choice
 
     def ppo_sample(obs: Any) -> np.ndarray:
         return model.predict(obs, deterministic=False)[0]
@@ -187,6 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     rand = results["uniform random codes"]
     print(f"  PPO (deterministic) - random  {paired(results['PPO (deterministic)'], rand)}")
     print(f"  PPO (sampled) - random        {paired(results['PPO (sampled)'], rand)}")
+    base = results["rank 0 (base only)"]
+    print(f"  PPO (deterministic) - rank 0  {paired(results['PPO (deterministic)'], base)}")
+    print(f"  rank 0 - random               {paired(base, rand)}")
+    share = ", ".join(f"{r}: {f:.0%}" for r, f in enumerate(ranks_used / ranks_used.sum()))
+    print(f"  ranks the deterministic PPO policy picks: {share}")
     return 0
 
 

@@ -12,6 +12,8 @@
 - :class:`PersistenceIntention`: a base intention for that wrapper: the world model's own latent
   of the last observed chunk (persistence), so rank 0 everywhere is a persistence forecast and
   the agent learns where to deviate from it.
+- :class:`AgentIntention`: a base intention from a trained SFP agent (its intention for the
+  current chunk), so the choice among the K codes is the planner's decision around a forecaster.
 
 Example::
 
@@ -24,6 +26,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -43,6 +46,7 @@ __all__ = [
     "SB3VecEnvAdapter",
     "CodeChoiceWrapper",
     "PersistenceIntention",
+    "AgentIntention",
     "unbatch_infos",
 ]
 
@@ -362,3 +366,56 @@ class PersistenceIntention:
         frames = torch.from_numpy(obs[-self.chunk :]).to(self.core.device)[None]
         wm = self.core.world_model
         return wm.latent_to_action(wm.encode(frames))[0].cpu().numpy()
+
+
+class AgentIntention:
+    """Base policy ``observation [T_in, C, H, W] -> action [D, h, w]`` from a trained SFP agent.
+
+    ``agent`` is a :class:`~sfp_agents.policies.ForecasterPolicy` or the path of an agent
+    checkpoint (loaded with the env's world model, whose fingerprint must match the one stored).
+    At the first step of an episode the agent maps the observation (the context) to its
+    intentions for all ``S`` chunks, ``[S, D, h, w]`` in [-1, 1]; at step ``s`` the intention
+    for chunk ``s`` is returned, exactly as the agent forecasts on its own. With
+    :class:`CodeChoiceWrapper`, rank 0 everywhere then reproduces the agent's quantized
+    forecast, and the other ranks are the alternatives a planner would search.
+    """
+
+    def __init__(self, env: gym.Env, agent: nn.Module | str | Path) -> None:
+        inner = env.unwrapped
+        if not isinstance(inner, ForecastEnv):
+            raise ConfigError(
+                f"AgentIntention needs a ForecastEnv, got {type(inner).__name__}",
+                fix="pass gym.make('SFP-SEVIR-v0') or ForecastEnv(...)",
+            )
+        if isinstance(agent, (str, Path)):
+            from sfp_agents.policies.checkpoint import load_agent
+
+            agent, _ = load_agent(agent, world_model=inner.world_model,
+                                  map_location=inner.core.device)
+        actions = getattr(agent, "actions", None)
+        if not callable(actions):
+            raise ConfigError(
+                f"AgentIntention needs an SFP agent with actions(context) -> [B, S, D, h, w], "
+                f"got {type(agent).__name__}",
+                fix="pass an 'sfp' agent checkpoint (a supervised baseline has no intentions)",
+            )
+        steps, shape = getattr(agent, "steps", None), tuple(getattr(agent, "latent_shape", ()))
+        if steps != inner.horizon_steps or shape != tuple(inner.core.latent_shape):
+            raise ConfigError(
+                f"AgentIntention: the agent plans {steps} chunks of latents {list(shape)}, the "
+                f"env needs {inner.horizon_steps} chunks of {list(inner.core.latent_shape)}",
+                fix="use an agent trained on this task with this world model",
+            )
+        self.env = inner
+        self.agent = agent.eval()
+        self._actions: np.ndarray | None = None  # [S, D, h, w] of the current episode
+
+    @torch.no_grad()
+    def __call__(self, observation: np.ndarray) -> np.ndarray:
+        step = self.env.step_index
+        if step == 0 or self._actions is None:
+            context = torch.as_tensor(np.asarray(observation, dtype=np.float32))
+            self._actions = self.agent.actions(context.to(self.env.core.device)[None])[0]
+            self._actions = self._actions.cpu().numpy()
+        # after the last step (terminal observation) the last chunk's intention is reused
+        return self._actions[min(step, self._actions.shape[0] - 1)]

@@ -18,7 +18,12 @@ def _load_example():
 
 
 @pytest.mark.parametrize(
-    "extra", [["--policy", "codes"], ["--policy", "cell", "--relative-reward"], ["--policy", "mlp"]]
+    "extra",
+    [
+        ["--policy", "codes"],  # the defaults: agent base, reward relative to rank 0
+        ["--policy", "cell", "--base", "persistence", "--no-relative-reward"],
+        ["--policy", "mlp", "--base", "centre"],
+    ],
 )
 @pytest.mark.usefixtures("quiet_single_thread")
 def test_ppo_example_trains_and_compares_policies(extra, capsys):
@@ -29,7 +34,11 @@ def test_ppo_example_trains_and_compares_policies(extra, capsys):
     out = capsys.readouterr().out
     assert code == 0
     for line in ("PPO (deterministic)", "uniform random codes", "rank 0 (base only)",
-                 "PPO (sampled) - random"):
+                 "PPO (sampled) - random", "PPO (deterministic) - rank 0", "rank 0 - random",
+                 "ranks the deterministic PPO policy picks"):
         assert line in out
     assert f"policy {extra[1]}" in out
+    base = extra[extra.index("--base") + 1] if "--base" in extra else "agent"
+    assert f"base intention {base}" in out
+    assert ("relative to rank 0" in out) == ("--no-relative-reward" not in extra)
     assert "on 2 val samples" in out  # --episodes N: the first N samples, one episode each

@@ -9,7 +9,9 @@ import torch
 from gymnasium import spaces
 from stable_baselines3 import PPO
 
+from sfp_agents.policies.checkpoint import build_policy, policy_arch, save_agent
 from sfp_agents.sb3 import (
+    AgentIntention,
     CodeChoiceWrapper,
     FrameFeaturesExtractor,
     PersistenceIntention,
@@ -152,6 +154,61 @@ def test_persistence_intention_is_the_latent_of_the_last_observed_chunk(env, wor
     assert not np.array_equal(base(other), action)  # it follows the observation
     with pytest.raises(ConfigError, match="ForecastEnv"):
         PersistenceIntention(gym.make("CartPole-v1"))
+
+
+def tiny_agent(world_model, seed: int = 0, mode: str = "sfp"):
+    """An untrained SFP agent (or baseline) for the 16x16 tiny SEVIR world model."""
+    arch = policy_arch(
+        "resnet", {"hidden": 8, "blocks": 1}, in_frames=13, out_frames=12, chunk_frames=4,
+        frame_shape=(1, 16, 16), downsample=4, seed=seed,
+    )
+    return build_policy(mode, arch, world_model if mode == "sfp" else None).eval()
+
+
+def test_agent_intention_rank_zero_reproduces_the_agents_forecast(env, world_model):
+    agent = tiny_agent(world_model)
+    wrapped = CodeChoiceWrapper(env, k=3, base_policy=AgentIntention(env, agent))
+    obs, _ = wrapped.reset(seed=4)
+    low, high = float(env.observation_space.low.min()), float(env.observation_space.high.max())
+    with torch.no_grad():  # the agent's quantized forecast, the history clipped as the env does
+        history, chunks = torch.from_numpy(obs)[None], []
+        for z in agent.intentions(history)[0]:
+            code = world_model.codes(world_model.nearest(z[None], 1)[0][:, 0])
+            chunks.append(world_model.decode(code, history))
+            history = torch.cat([history, chunks[-1].clamp(low, high)], dim=1)[:, -13:]
+        expected = torch.cat(chunks, dim=1)[0].numpy()  # [12, 1, 16, 16]
+    chunks, done = [], False
+    while not done:
+        obs, _, terminated, truncated, info = wrapped.step(np.zeros(16, dtype=np.int64))
+        chunks.append(info["prediction"])
+        done = terminated or truncated
+    assert len(chunks) == 3
+    np.testing.assert_allclose(np.concatenate(chunks), expected, atol=1e-5)
+    # each step plans around the intention for that chunk, not the first one again
+    base = AgentIntention(env, agent)
+    first, _ = env.reset(seed=4)
+    with torch.no_grad():
+        actions = agent.actions(torch.from_numpy(first)[None])[0].numpy()
+    np.testing.assert_allclose(base(first), actions[0])
+    env.step(np.zeros(env.action_space.shape, dtype=np.float32))
+    np.testing.assert_allclose(base(first), actions[1])
+
+
+def test_agent_intention_loads_a_checkpoint_and_refuses_misfits(env, world_model, tmp_path):
+    agent = tiny_agent(world_model, seed=1)
+    path = save_agent(tmp_path / "agent.pt", agent, {"task": "sevir"})
+    base = AgentIntention(env, path)
+    obs, _ = env.reset(seed=5)
+    with torch.no_grad():
+        expected = agent.actions(torch.from_numpy(obs)[None])[0, 0].numpy()
+    np.testing.assert_allclose(base(obs), expected, atol=1e-6)
+    with pytest.raises(ConfigError, match="no intentions"):
+        AgentIntention(env, tiny_agent(world_model, mode="baseline"))
+    with pytest.raises(ConfigError, match="ForecastEnv"):
+        AgentIntention(gym.make("CartPole-v1"), agent)
+    agent.steps = 2  # an agent planning another horizon
+    with pytest.raises(ConfigError, match="2 chunks"):
+        AgentIntention(env, agent)
 
 
 def test_short_ppo_training_through_the_code_choice_wrapper(env):
