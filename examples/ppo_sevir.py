@@ -70,7 +70,9 @@ def tiny_setup() -> tuple[dict[str, Any], torch.nn.Module]:
     return kwargs, build_policy("sfp", arch, world_model)
 
 
-def base_agent_checkpoint(run_dir: Path, seed: int, data_dir: str | None) -> Path:
+def base_agent_checkpoint(
+    run_dir: Path, seed: int, data_dir: str | None, world_model: str | None = None
+) -> Path:
     """The SFP agent whose intentions are the base of ``--base agent``: trained here with the
     ``small`` leaderboard's recipe (resnet backbone, beam planner, 128 training windows, 3
     epochs, ``train.seed=seed``: the config of that leaderboard's resnet +SFP row; about 90 s on
@@ -89,6 +91,8 @@ def base_agent_checkpoint(run_dir: Path, seed: int, data_dir: str | None) -> Pat
     ]
     if data_dir is not None:
         overrides.append(f"data_root={data_dir}")
+    if world_model is not None:  # decode through the same world model as the env
+        overrides.append(f"world_model={world_model}")
     config = load_config(AgentRunConfig, "sevir", overrides)
     start = time.perf_counter()
     result = train_agent(config, resume=True, tensorboard=False, progress=False)
@@ -166,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         kwargs = {"world_model": args.world_model}
         if args.base == "agent" and agent is None:
-            agent = base_agent_checkpoint(Path(args.agent_dir), args.seed, args.data_dir)
+            agent = base_agent_checkpoint(
+                Path(args.agent_dir), args.seed, args.data_dir, args.world_model
+            )
     kwargs["data_dir"] = args.data_dir
 
     def wrap(inner: ForecastEnv, relative: bool) -> CodeChoiceWrapper:
