@@ -167,22 +167,16 @@ def _finished_training(path: Path, config: Any) -> dict[str, Any] | None:
     return record
 
 
-def _run_one(
-    task: str, backbone: str, planner: str | None, seed: int, suite: SuiteConfig, *,
-    run_root: Path, accelerator: Any, data_roots: Mapping[str, str], reuse: bool = False,
-) -> dict[str, Any]:
-    """Train one model (baseline when ``planner`` is None) and evaluate it on the test split.
-
-    With ``reuse``, a run whose directory holds a finished training of the identical config is
-    not trained again (only evaluated), so a suite that crashed goes on where it stopped."""
+def row_config(
+    task: str, backbone: str, planner: str | None, seed: int, suite: SuiteConfig,
+    run_dir: Path, data_root: str | None = None, extra: Sequence[str] = (),
+) -> Any:
+    """The Stage-2 config (``AgentRunConfig``) of one leaderboard row: the baseline when
+    ``planner`` is None, otherwise the +SFP agent; ``extra`` overrides are applied last."""
     from sfp_agents.agent_config import AgentRunConfig
     from sfp_agents.config import load_config
-    from sfp_agents.training.evaluate import evaluate_agent
-    from sfp_agents.training.self_train import train_agent
 
     mode = "baseline" if planner is None else "sfp"
-    tag = mode if planner is None else f"sfp-{planner}"
-    run_dir = run_root / task / backbone / f"seed{seed}" / tag
     overrides = list(suite.overrides) + list(suite.task_overrides.get(task, []))
     overrides += [
         f"mode={mode}", f"backbone.name={backbone}", f"train.seed={seed}",
@@ -191,9 +185,26 @@ def _run_one(
     ]
     if planner is not None:
         overrides.append(f"planner.name={planner}")
-    if task in data_roots:
-        overrides.append(f"data_root={data_roots[task]}")
-    config = load_config(AgentRunConfig, task, overrides)
+    if data_root is not None:
+        overrides.append(f"data_root={data_root}")
+    return load_config(AgentRunConfig, task, overrides + list(extra))
+
+
+def _run_one(
+    task: str, backbone: str, planner: str | None, seed: int, suite: SuiteConfig, *,
+    run_root: Path, accelerator: Any, data_roots: Mapping[str, str], reuse: bool = False,
+) -> dict[str, Any]:
+    """Train one model (baseline when ``planner`` is None) and evaluate it on the test split.
+
+    With ``reuse``, a run whose directory holds a finished training of the identical config is
+    not trained again (only evaluated), so a suite that crashed goes on where it stopped."""
+    from sfp_agents.training.evaluate import evaluate_agent
+    from sfp_agents.training.self_train import train_agent
+
+    mode = "baseline" if planner is None else "sfp"
+    tag = mode if planner is None else f"sfp-{planner}"
+    run_dir = run_root / task / backbone / f"seed{seed}" / tag
+    config = row_config(task, backbone, planner, seed, suite, run_dir, data_roots.get(task))
     record_path = run_dir / TRAINED_RECORD
     trained = _finished_training(record_path, config) if reuse else None
     if trained is None:

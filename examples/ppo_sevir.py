@@ -27,7 +27,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -78,22 +77,13 @@ def base_agent_checkpoint(
     epochs, ``train.seed=seed``: the config of that leaderboard's resnet +SFP row; about 90 s on
     2 CPU cores) into ``run_dir``, or reused from a finished run there (the run resumes where it
     stopped otherwise)."""
-    from benchmarks.leaderboard import load_suite
-    from sfp_agents.agent_config import AgentRunConfig
-    from sfp_agents.config import load_config
+    from benchmarks.leaderboard import load_suite, row_config
     from sfp_agents.training.self_train import train_agent
 
     _, suite = load_suite("small")
-    overrides = list(suite.overrides) + list(suite.task_overrides.get("sevir", [])) + [
-        "mode=sfp", "backbone.name=resnet", f"train.seed={seed}", "planner.name=beam",
-        f"backbone.kwargs={json.dumps(suite.backbone_kwargs.get('resnet', {}))}",
-        f"run_dir={run_dir.as_posix()}",
-    ]
-    if data_dir is not None:
-        overrides.append(f"data_root={data_dir}")
-    if world_model is not None:  # decode through the same world model as the env
-        overrides.append(f"world_model={world_model}")
-    config = load_config(AgentRunConfig, "sevir", overrides)
+    # decode through the same world model as the env when one is named
+    extra = [] if world_model is None else [f"world_model={world_model}"]
+    config = row_config("sevir", "resnet", "beam", seed, suite, run_dir, data_dir, extra)
     start = time.perf_counter()
     result = train_agent(config, resume=True, tensorboard=False, progress=False)
     print(f"base agent: {result.best_checkpoint} ({time.perf_counter() - start:.1f} s)")
