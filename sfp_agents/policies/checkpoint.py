@@ -37,7 +37,7 @@ from sfp_env import __version__
 from sfp_env.config import config_diff, to_dict
 from sfp_env.errors import CheckpointError, ConfigError, CorruptDataError, MissingDataError
 from sfp_env.registry import Registry
-from sfp_env.world_model.checkpoint import LOAD_ERRORS, save_atomic
+from sfp_env.world_model.checkpoint import folder_error, read_torch_file, save_atomic
 
 __all__ = [
     "AGENT_FORMAT",
@@ -56,6 +56,10 @@ __all__ = [
 
 AGENT_FORMAT = "sfp.agent"
 AGENT_FORMAT_VERSION = 1
+
+#: where ``sfp train-agent`` writes the best agent inside a run folder, and the command
+AGENT_FILE = "agent.pt"
+_TRAIN_AGENT = "sfp train-agent --config <task>"
 
 #: keys of an architecture dict (see :func:`policy_arch`)
 ARCH_KEYS: tuple[str, ...] = (
@@ -282,19 +286,18 @@ def save_agent(
 
 
 def _read(path: str | Path, map_location: str | torch.device) -> dict[str, Any]:
+    """The checked payload of the agent checkpoint ``path`` (a folder, a missing or unreadable
+    file raise sfp errors naming the file to pass or how to re-create it)."""
     path = Path(path)
+    if path.is_dir():
+        raise folder_error(path, AGENT_FILE, what="agent checkpoint", command=_TRAIN_AGENT)
     if not path.is_file():
         raise MissingDataError(
             f"agent checkpoint {str(path)!r} does not exist",
             fix="pass the agent.pt written by sfp train-agent (run_dir/best/agent.pt)",
         )
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except LOAD_ERRORS as e:
-        raise CorruptDataError(
-            f"{str(path)!r} is not a readable agent checkpoint ({type(e).__name__})",
-            fix="re-train the agent; checkpoints are written by save_agent",
-        ) from e
+    payload = read_torch_file(path, map_location, what="agent checkpoint", filename=AGENT_FILE,
+                              remake=_TRAIN_AGENT, noun="agent checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != AGENT_FORMAT:
         raise CorruptDataError(
             f"{str(path)!r} is not an sfp agent checkpoint (no format={AGENT_FORMAT!r})",
@@ -325,25 +328,36 @@ def read_agent_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+#: how to hand a world model to an agent, in Python and on the ``sfp evaluate`` command line
+_PASS_WORLD_MODEL = (
+    "pass the world model the agent was trained with: world_model=<name, checkpoint path or "
+    "GenerativeWorldModel> in Python (load_agent / evaluate_agent), --world-model NAME|PATH "
+    "on the command line (sfp evaluate)"
+)
+
+
 def _resolve_world_model(world_model: Any, stored: Mapping[str, Any], path: Path) -> Any:
+    """The world model an SFP agent decodes with: ``world_model`` (a model, name or path) or,
+    when None, the one the checkpoint recorded; its fingerprint must equal the stored one."""
     from sfp_env.world_model import GenerativeWorldModel
 
     if world_model is None or isinstance(world_model, (str, Path)):
-        source = world_model if world_model is not None else (stored.get("source")
-                                                              or stored.get("path"))
+        given = world_model is not None
+        source = world_model if given else (stored.get("source") or stored.get("path"))
         if source is None:
             raise CheckpointError(
                 f"{str(path)!r} does not say where its world model came from",
-                fix="pass world_model= (the GenerativeWorldModel the agent was trained with)",
+                fix=_PASS_WORLD_MODEL,
             )
         try:
             world_model = GenerativeWorldModel.from_pretrained(source)
         except MissingDataError as e:
-            raise MissingDataError(
-                f"agent checkpoint {str(path)!r} needs its world model {str(source)!r}: "
-                f"{e.problem}",
-                fix="pass world_model= (a loaded model or its checkpoint path)",
-            ) from e
+            problem = (
+                f"the world model {str(source)!r} given for agent checkpoint {str(path)!r} "
+                "cannot be loaded" if given
+                else f"agent checkpoint {str(path)!r} needs its world model {str(source)!r}"
+            )
+            raise MissingDataError(f"{problem}: {e.problem}", fix=_PASS_WORLD_MODEL) from e
     expected = {k: stored.get(k) for k in _MATCHED_FINGERPRINT}
     mine = world_model_fingerprint(world_model)
     received = {k: mine[k] for k in _MATCHED_FINGERPRINT}
@@ -353,8 +367,8 @@ def _resolve_world_model(world_model: Any, stored: Mapping[str, Any], path: Path
             f"agent checkpoint {str(path)!r} was trained with another world model (source "
             f"{stored.get('source')!r}); differing fields (checkpoint vs given): "
             + "; ".join(diffs),
-            fix="pass the world model the agent was trained with, or train the agent again "
-            "with this one (sfp train-agent world_model=...)",
+            fix=f"{_PASS_WORLD_MODEL}; or train the agent again with this one "
+            "(sfp train-agent world_model=...)",
         )
     return world_model
 

@@ -123,7 +123,9 @@ def resolve_world_model(
     ``world_model`` is None (the task's shipped model), a shipped name, a checkpoint path, or an
     instance (frozen in place: eval mode, no gradients). A model whose ``in_frames``,
     ``chunk_frames``, ``channels``, ``height`` or ``width`` differ raises
-    :class:`CheckpointError` naming every differing field.
+    :class:`CheckpointError` naming every differing field; so does a checkpoint (name or path)
+    that records training data of another source than the task's (``data.source``; an instance
+    passed directly is not checked, and checkpoints without that record load).
     """
     from sfp_env.world_model import GenerativeWorldModel
 
@@ -131,7 +133,11 @@ def resolve_world_model(
     if world_model is None:
         world_model = spec.world_model
     if isinstance(world_model, (str, os.PathLike)):
+        from sfp_env.world_model.checkpoint import check_data_source
+
         model = GenerativeWorldModel.from_pretrained(world_model, expect=expect)
+        check_data_source(model, spec.data_source, task=spec.name, label=str(world_model),
+                          task_world_model=spec.world_model)
     elif isinstance(world_model, GenerativeWorldModel):
         received = {k: getattr(world_model.config, k) for k in expect}
         diffs = config_diff(expect, received)

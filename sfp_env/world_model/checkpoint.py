@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+import struct
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,6 +48,12 @@ __all__ = [
     "resolve_checkpoint",
     "save_atomic",
     "LOAD_ERRORS",
+    "UnreadableCheckpointError",
+    "load_reason",
+    "read_torch_file",
+    "folder_error",
+    "trained_data_source",
+    "check_data_source",
 ]
 
 FORMAT = "sfp.world_model"
@@ -54,8 +63,95 @@ ARCHITECTURE = "GenerativeWorldModel"
 #: what ``torch.load(weights_only=True)`` raises on a file that is not a readable checkpoint
 LOAD_ERRORS: tuple[type[Exception], ...] = (
     pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError,
-    AttributeError, ImportError, IndexError, KeyError,
+    AttributeError, ImportError, IndexError, KeyError, struct.error, TypeError, ArithmeticError,
+    MemoryError,
 )
+
+
+#: where ``sfp train-gwm`` writes the best world model inside a run folder
+WORLD_MODEL_FILE = "world_model.pt"
+#: how a world-model checkpoint is made, for error messages
+TRAIN_GWM = "sfp train-gwm --config <task>"
+
+
+class UnreadableCheckpointError(CheckpointError, CorruptDataError):
+    """A checkpoint file exists but cannot be read (corrupt, truncated, not a torch file).
+
+    It is both a :class:`CheckpointError` and a :class:`CorruptDataError`.
+    """
+
+
+def load_reason(error: BaseException) -> str:
+    """A one-line reason for a failed ``torch.load``, without torch's ``weights_only`` advice
+    (retrying a corrupt file with ``weights_only=False`` would only run its pickle code)."""
+    text = str(error)
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|\nCheck the documentation|$)",
+                      text, re.S)
+    if found:
+        detail = found.group(1)
+    else:
+        lines = [ln for ln in text.splitlines() if ln.strip() and "weights_only" not in ln]
+        detail = lines[0] if lines else ""
+    detail = " ".join(detail.split())
+    if "weights_only" in detail:
+        detail = ""
+    if len(detail) > 120:
+        detail = detail[:117] + "..."
+    return f"{type(error).__name__}: {detail}" if detail else type(error).__name__
+
+
+def folder_error(path: str | Path, filename: str, *, what: str, command: str) -> CheckpointError:
+    """The error for a folder passed where the checkpoint file ``filename`` is expected: names
+    ``<path>/best/<filename>`` (or ``<path>/<filename>``) and says whether it exists."""
+    path = Path(path)
+    expected = path / "best" / filename
+    found = next((p for p in (expected, path / filename) if p.is_file()), None)
+    if found is not None:
+        return CheckpointError(
+            f"{what} {str(path)!r} is a folder; pass {str(found)!r} (that file exists)",
+            fix=f"pass the checkpoint file: {found}",
+        )
+    return CheckpointError(
+        f"{what} {str(path)!r} is a folder; pass {str(expected)!r} (the file a finished run "
+        "writes there), but that file does not exist",
+        fix=f"pass a checkpoint file (`{command}` writes <run_dir>/best/{filename}; wait for "
+        "the run to validate once, or pass another file)",
+    )
+
+
+def read_torch_file(
+    path: str | Path,
+    map_location: str | torch.device,
+    *,
+    what: str,
+    filename: str,
+    remake: str,
+    noun: str = "sfp checkpoint",
+) -> Any:
+    """``torch.load(path, weights_only=True)`` with sfp errors.
+
+    A folder raises :func:`folder_error` (pointing at ``<path>/best/<filename>``), a missing file
+    MissingDataError, an unreadable file :class:`UnreadableCheckpointError` ("<path> is not a
+    readable <noun> (<reason>)") whose fix names ``remake`` (the command that re-creates it) and
+    never torch's ``weights_only=False`` advice.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise folder_error(path, filename, what=what, command=remake)
+    try:
+        with warnings.catch_warnings():
+            # garbage bytes look like odd pickle protocols; torch's "file an issue" is noise here
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError as e:
+        raise MissingDataError(f"{what} {str(path)!r} does not exist",
+                               fix="check the path") from e
+    except LOAD_ERRORS as e:
+        raise UnreadableCheckpointError(
+            f"{str(path)!r} is not a readable {noun} ({load_reason(e)})",
+            fix=f"the file is damaged or is not an sfp checkpoint: re-download it, or re-create "
+            f"it with `{remake}`",
+        ) from None
 
 
 def save_atomic(payload: Mapping[str, Any], path: str | Path) -> Path:
@@ -137,7 +233,8 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
     """A shipped name (registered in ``PRETRAINED``) or a file path -> an existing file.
 
     Unknown names raise RegistryError; a registered name whose file is absent, or a missing
-    path, raise MissingDataError (naming the command that produces a shipped checkpoint).
+    path, raise MissingDataError (naming the command that produces a shipped checkpoint); a
+    folder (e.g. a ``sfp train-gwm`` run folder) raises CheckpointError naming the file to pass.
     """
     text = str(name_or_path)
     if isinstance(name_or_path, str) and name_or_path in PRETRAINED:
@@ -152,6 +249,9 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.is_file():
         return path
+    if path.is_dir():
+        raise folder_error(path, WORLD_MODEL_FILE, what="world-model checkpoint",
+                           command=TRAIN_GWM)
     looks_like_path = isinstance(name_or_path, Path) or any(
         s in text for s in ("/", os.sep, ".pt", ".pth")
     )
@@ -163,20 +263,16 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
     )
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read and check the checkpoint dict at ``path`` (format, version, architecture)."""
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", *, remake: str | None = None
+) -> dict[str, Any]:
+    """Read and check the checkpoint dict at ``path`` (format, version, architecture).
+
+    ``remake`` is the command that re-creates the file (named when it cannot be read).
+    """
     path = Path(path)
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError as e:
-        raise MissingDataError(f"world-model checkpoint {str(path)!r} does not exist",
-                               fix="check the path") from e
-    except LOAD_ERRORS as e:
-        raise CorruptDataError(
-            f"{str(path)!r} is not a readable world-model checkpoint ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''})",
-            fix="re-download or re-train it; checkpoints are written by save_pretrained",
-        ) from e
+    payload = read_torch_file(path, map_location, what="world-model checkpoint",
+                              filename=WORLD_MODEL_FILE, remake=remake or TRAIN_GWM)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         kind = type(payload).__name__
         raise CorruptDataError(
@@ -238,7 +334,9 @@ def load_pretrained(
     model as ``model.checkpoint_meta`` (path, package_version, data, metrics, extra).
     """
     path = resolve_checkpoint(name_or_path)
-    payload = load_checkpoint(path, map_location)
+    shipped = isinstance(name_or_path, str) and name_or_path in PRETRAINED
+    remake = PRETRAINED.get(name_or_path).command if shipped else None
+    payload = load_checkpoint(path, map_location, remake=remake)
     stored = payload["config"]
     if expect is not None:
         wanted = _expected_fields(expect)
@@ -277,3 +375,31 @@ def load_pretrained(
         "extra": payload.get("extra", {}),
     }
     return model
+
+
+def trained_data_source(model: Any) -> str | None:
+    """The data source (``"sevir"``, ``"nse"``, ``"mhw"``, ...) a loaded world model's checkpoint
+    records in ``checkpoint_meta["data"]["source"]``; None when nothing is recorded."""
+    meta = getattr(model, "checkpoint_meta", None)
+    data = meta.get("data") if isinstance(meta, Mapping) else None
+    source = data.get("source") if isinstance(data, Mapping) else None
+    return source if isinstance(source, str) and source else None
+
+
+def check_data_source(
+    model: Any, source: str, *, task: str, label: str, task_world_model: str | None = None
+) -> None:
+    """Raise CheckpointError when ``model``'s checkpoint was trained on another data source than
+    ``source`` (the one task ``task`` uses); checkpoints without that record pass."""
+    trained = trained_data_source(model)
+    if trained is None or trained == source:
+        return
+    own = f"the task's world model (world_model={task_world_model!r}) or " if (
+        task_world_model) else ""
+    raise CheckpointError(
+        f"world model {label!r} was trained on {trained!r} data, but task {task!r} uses data "
+        f"source {source!r}",
+        fix=f"pass {own}a checkpoint trained on {source!r} data (e.g. from `sfp train-gwm "
+        f"--config {task}`); to use this one anyway, load it yourself and pass the "
+        "GenerativeWorldModel object",
+    )
