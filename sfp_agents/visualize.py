@@ -188,7 +188,9 @@ def _parse_agents(items: Sequence[str]) -> dict[str, str]:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agent", nargs="+", required=True, metavar="[NAME=]CKPT",
-                        help="agent checkpoints, e.g. baseline=runs/a/best.pt +SFP=runs/b/best.pt")
+                        help="agent checkpoints (<run_dir>/best/agent.pt, written by sfp "
+                        "train-agent), e.g. baseline=runs/agent_sevir_baseline/best/agent.pt "
+                        "+SFP=runs/agent_sevir_sfp/best/agent.pt")
     parser.add_argument("--env", required=True, help="environment id or task name")
     parser.add_argument("--index", type=int, default=0, help="sample index in the split")
     parser.add_argument("--split", default="test")

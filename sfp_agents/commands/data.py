@@ -9,7 +9,11 @@
 
 ``generate`` writes into ``DIR``; ``path`` prints the cache folder used when a data source is
 built with ``root=None`` (generating it first if needed). Options a generator does not take are
-errors, and so are unknown names (the list of generators is in the message).
+errors, and so are unknown names (the list of generators is in the message). Generators are named
+after the data they write, not after the task: a task name whose data come from another
+generator (``mhw``, whose data source uses ``sst``) is answered with the generator to use, looked
+up in the task registry (:data:`sfp_env.envs.tasks.TASKS`) and the data sources'
+generators (:func:`sfp_env.data.sources.embedded_generator`).
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from sfp_env.config import parse_overrides
-from sfp_env.data.generators import GENERATORS, get_generator
-from sfp_env.errors import ConfigError
+from sfp_env.data.generators import GENERATORS, EmbeddedGenerator, get_generator
+from sfp_env.data.sources import DATA_SOURCES, embedded_generator
+from sfp_env.errors import ConfigError, RegistryError
 
 #: CLI option destination -> generator parameter
 _OPTIONS = {
@@ -34,8 +39,18 @@ _OPTIONS = {
 }
 
 
+def _source_aliases() -> str:
+    """``" (data source 'mhw' uses 'sst')"`` for sources whose generator has another name."""
+    pairs = [
+        f"{source!r} uses {gen!r}"
+        for source in DATA_SOURCES
+        if (gen := embedded_generator(source)) is not None and gen != source
+    ]
+    return f" (data source/task {', '.join(pairs)})" if pairs else ""
+
+
 def _add_size_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", help=f"generator: one of {', '.join(GENERATORS)}")
+    p.add_argument("name", help=f"generator: one of {', '.join(GENERATORS)}{_source_aliases()}")
     p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     p.add_argument("--size", type=int, default=None, help="pixels per side (default 64)")
     p.add_argument("--n-train", dest="n_train", type=int, default=None, help="train samples")
@@ -71,8 +86,41 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sub.add_parser("list", help="list the generators")
 
 
+def _generator_of_task(name: str) -> tuple[str, str] | None:
+    """``(what, generator)`` when ``name`` is a task (or data source) whose embedded data come from
+    a generator of another name, e.g. ``("task 'mhw'", "sst")``; else None."""
+    from sfp_env.envs.tasks import TASKS  # the task registry; imported only on this error path
+
+    candidates = []
+    if name in TASKS:
+        candidates.append((f"task {name!r}", TASKS[name].data_source))
+    if name in DATA_SOURCES:
+        candidates.append((f"data source {name!r}", name))
+    for what, source in candidates:
+        gen = embedded_generator(source)
+        if gen is not None and gen != name and gen in GENERATORS:
+            return what, gen
+    return None
+
+
+def _get_generator(name: str, action: str = "generate") -> EmbeddedGenerator:
+    """:func:`get_generator`, naming the right generator when ``name`` is a task name."""
+    try:
+        return get_generator(name)
+    except RegistryError as e:
+        found = _generator_of_task(name)
+        if found is None:
+            raise
+        what, gen = found
+        raise RegistryError(
+            e.problem,
+            fix=f"{what} uses the generator {gen!r}: run `sfp data {action} {gen}` (with the same "
+            "options)",
+        ) from None
+
+
 def _params(args: argparse.Namespace) -> dict[str, Any]:
-    entry = get_generator(args.name)
+    entry = _get_generator(args.name, args.action)
     accepted = entry.defaults()
     params: dict[str, Any] = {}
     for dest, pname in _OPTIONS.items():
@@ -112,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     params = _params(args)
     progress = not args.no_progress
     if args.action == "generate":
-        entry = get_generator(args.name)
+        entry = _get_generator(args.name, args.action)
         start = time.perf_counter()
         out = entry(args.out, args.seed, progress=progress, **params)
         print(

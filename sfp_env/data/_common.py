@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import operator
 import os
+import shlex
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ __all__ = [
     "area_resize",
     "check_choice",
     "check_frames",
+    "generate_hint",
     "require_dir",
     "require_file",
     "resize_factors",
@@ -32,20 +34,40 @@ __all__ = [
 V = TypeVar("V")
 
 
-def require_dir(root: str | os.PathLike, what: str) -> Path:
-    """Return ``root`` as a Path, raising MissingDataError when it is not a directory."""
+def generate_hint(generator: str | None, out: str | os.PathLike, options: str = "") -> str:
+    """The end of a missing-data fix: ``", or write the embedded data with `sfp data generate
+    <generator> --out <out>`"`` (``options`` appended to the command); ``""`` without a generator.
+    """
+    if not generator:
+        return ""
+    command = f"sfp data generate {generator} --out {shlex.quote(str(out))}"
+    if options:
+        command = f"{command} {options}"
+    return f", or write the embedded data with `{command}`"
+
+
+def require_dir(
+    root: str | os.PathLike, what: str, *, generator: str | None = None, options: str = ""
+) -> Path:
+    """Return ``root`` as a Path, raising MissingDataError when it is not a directory.
+
+    ``generator`` (and its CLI ``options``) names the embedded generator that writes this layout;
+    the fix then also offers ``sfp data generate <generator> --out <root>``.
+    """
     if root is None:
         raise MissingDataError(
             f"{what}: root is None; expected the path of a data folder",
-            fix="pass root=<folder holding the data>",
+            fix="pass root=<folder holding the data>" + generate_hint(generator, "<dir>", options),
         )
     path = Path(root).expanduser()
     if not path.is_dir():
-        state = "is a file, not a folder" if path.exists() else "does not exist"
+        exists = path.exists()
+        state = "is a file, not a folder" if exists else "does not exist"
         raise MissingDataError(
             f"{what}: data root {str(path)!r} {state}",
             fix="pass the folder that holds the data (check the path and that it was "
-            "downloaded or generated)",
+            "downloaded or generated)"
+            + ("" if exists else generate_hint(generator, path, options)),
         )
     return path
 

@@ -6,18 +6,21 @@ Hobday et al. 2016 (doi:10.1016/j.pocean.2015.12.014), as in ecjoliver/marineHea
 occurrence of d; Feb 29 is the average of its neighbours; both are then smoothed with a circular
 31-day running mean. Vectorized over the whole grid (one loop over the 366 days).
 
-Data layout (DESIGN.md): OISST daily files ``<root>/<YYYYMM>/oisst-avhrr-v02r01.<YYYYMMDD>.nc``
-with ``sst(time, zlev, lat, lon)`` (scale_factor, _FillValue on land), read through
-:class:`~sfp_env.data.netcdf.NetCDFFieldDataset`. The climatology is cached in
-``<root>/climatology_<y0>-<y1>.nc`` (written atomically, recomputed when the files change).
+Data layout (docs/DESIGN.md, "On-disk layouts"): OISST daily files
+``<root>/<YYYYMM>/oisst-avhrr-v02r01.<YYYYMMDD>.nc`` with ``sst(time, zlev, lat, lon)``
+(scale_factor, _FillValue on land), read through :class:`~sfp_env.data.netcdf.NetCDFFieldDataset`;
+``sfp data generate sst --out <root> --years <first> <last>`` writes it. The climatology is
+cached in ``<root>/climatology_<y0>-<y1>.nc`` (written atomically, recomputed when the files
+change).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,9 +30,9 @@ import torch
 import xarray as xr
 from torch.utils.data import Dataset
 
-from sfp_env.data._common import check_choice, check_frames, require_dir
+from sfp_env.data._common import check_choice, check_frames, generate_hint, require_dir
 from sfp_env.data.netcdf import NetCDFFieldDataset, find_netcdf_files
-from sfp_env.errors import ConfigError, CorruptDataError, DataError
+from sfp_env.errors import ConfigError, CorruptDataError, DataError, MissingDataError
 
 __all__ = [
     "OISST_PATTERN",
@@ -44,6 +47,34 @@ __all__ = [
 OISST_PATTERN = "*/oisst-avhrr-v02r01.*.nc"
 _FEB29 = 60
 _SPLITS = ("train", "val", "test", "all")
+
+
+def _sst_generator(variable: str, file_pattern: str) -> str | None:
+    """"sst" when the embedded generator writes this layout (OISST files of ``sst``), else None."""
+    return "sst" if variable == "sst" and file_pattern == OISST_PATTERN else None
+
+
+def _years_option(years: Sequence[tuple[int, int]]) -> str:
+    """``--years FIRST LAST`` of ``sfp data generate sst`` covering every (first, last) range."""
+    return f"--years {min(y0 for y0, _ in years)} {max(y1 for _, y1 in years)}"
+
+
+@contextlib.contextmanager
+def _offer_generator(
+    generator: str | None, root: Path, years: Sequence[tuple[int, int]]
+) -> Iterator[None]:
+    """Add ``sfp data generate <generator> --out <root> --years ...`` to a MissingDataError's fix
+    (when the generator writes this layout and the fix does not offer it yet)."""
+    try:
+        yield
+    except MissingDataError as e:
+        if generator is None or "sfp data generate" in (e.fix or ""):
+            raise
+        raise MissingDataError(
+            e.problem,
+            fix=(e.fix or "check the data folder")
+            + generate_hint(generator, root, _years_option(years)),
+        ) from e
 
 
 def day_of_year_366(dates: Sequence[Any] | np.ndarray) -> np.ndarray:
@@ -342,9 +373,12 @@ class SSTClimatology:
     ) -> SSTClimatology:
         """Load the cached climatology when it matches the files and parameters, else compute
         and cache it (a read-only root only warns)."""
-        root = require_dir(root, "SSTClimatology")
         y0, y1 = _year_range(years, "years")
-        files = find_netcdf_files(root, file_pattern, list(range(y0, y1 + 1)))
+        generator = _sst_generator(variable, file_pattern)
+        root = require_dir(root, "SSTClimatology", generator=generator,
+                           options=_years_option([(y0, y1)]))
+        with _offer_generator(generator, root, [(y0, y1)]):
+            files = find_netcdf_files(root, file_pattern, list(range(y0, y1 + 1)))
         fingerprint = _fingerprint(files, root)
         path = (
             Path(path) if path is not None
@@ -401,9 +435,12 @@ def _as_fields(
         return source
     year_list = list(range(years[0], years[1] + 1))
     if isinstance(source, (str, os.PathLike)):
-        root = require_dir(source, "SSTClimatology.compute")
-        return NetCDFFieldDataset(root, variable, years=year_list, file_pattern=file_pattern,
-                                  mode="reconstruction", join_files=True)
+        generator = _sst_generator(variable, file_pattern)
+        root = require_dir(source, "SSTClimatology.compute", generator=generator,
+                           options=_years_option([years]))
+        with _offer_generator(generator, root, [years]):
+            return NetCDFFieldDataset(root, variable, years=year_list, file_pattern=file_pattern,
+                                      mode="reconstruction", join_files=True)
     files = [Path(f) for f in source]
     if not files:
         raise ConfigError("SSTClimatology.compute: the file list is empty",
@@ -437,7 +474,6 @@ class MarineHeatwaveDataset(Dataset):
         climatology: SSTClimatology | None = None,
         climatology_path: str | os.PathLike | None = None,
     ) -> None:
-        self.root = require_dir(root, "MarineHeatwaveDataset")
         check_choice(split, _SPLITS, "MarineHeatwaveDataset", "split",
                      fix="pass split='train', 'val', 'test' or 'all'")
         check_frames(in_frames, out_frames, stride)
@@ -446,15 +482,19 @@ class MarineHeatwaveDataset(Dataset):
             "val": _year_range(val_years, "val_years"),
             "test": _year_range(test_years, "test_years"),
         }
+        generator = _sst_generator(variable, file_pattern)
+        self.root = require_dir(root, "MarineHeatwaveDataset", generator=generator,
+                                options=_years_option(list(ranges.values())))
         chosen = list(ranges.values()) if split == "all" else [ranges[split]]
         years = sorted({y for y0, y1 in chosen for y in range(y0, y1 + 1)})
         self.split = split
         self.split_years = {k: list(v) for k, v in ranges.items()}
         self.in_frames, self.out_frames, self.stride = int(in_frames), int(out_frames), int(stride)
-        self.fields = NetCDFFieldDataset(
-            self.root, variable, years=years, file_pattern=file_pattern, mode="forecast",
-            in_frames=in_frames, out_frames=out_frames, stride=stride, join_files=True,
-        )
+        with _offer_generator(generator, self.root, list(ranges.values())):
+            self.fields = NetCDFFieldDataset(
+                self.root, variable, years=years, file_pattern=file_pattern, mode="forecast",
+                in_frames=in_frames, out_frames=out_frames, stride=stride, join_files=True,
+            )
         if self.fields.channels != 1 or self.fields.times is None:
             raise DataError(
                 f"MarineHeatwaveDataset: {variable!r} must be one dated field per day; got "
@@ -463,10 +503,11 @@ class MarineHeatwaveDataset(Dataset):
                 fix="use OISST-style daily files (sst(time, zlev, lat, lon), CF time)",
             )
         if climatology is None:
-            climatology = SSTClimatology.load_or_compute(
-                self.root, ranges["train"], variable=variable, file_pattern=file_pattern,
-                path=climatology_path,
-            )
+            with _offer_generator(generator, self.root, list(ranges.values())):
+                climatology = SSTClimatology.load_or_compute(
+                    self.root, ranges["train"], variable=variable, file_pattern=file_pattern,
+                    path=climatology_path,
+                )
         if climatology.hw != self.fields.hw:
             raise DataError(
                 f"MarineHeatwaveDataset: climatology grid {climatology.hw} differs from the "

@@ -34,6 +34,7 @@ from sfp_env.data._common import (
     WindowIndex,
     check_choice,
     check_frames,
+    generate_hint,
     require_dir,
     year_from_name,
 )
@@ -599,7 +600,7 @@ class NavierStokesDataset(ProcessLocalHandles, Dataset):
         stride: int = 10,
         variable: str | Sequence[str] = "vorticity",
     ) -> None:
-        self.root = require_dir(root, "NavierStokesDataset")
+        self.root = require_dir(root, "NavierStokesDataset", generator="nse")
         check_choice(split, NSE_SPLITS, "NavierStokesDataset", "split",
                      fix="pass split='train', 'val' or 'test'")
         check_frames(in_frames, out_frames, stride)
@@ -612,6 +613,13 @@ class NavierStokesDataset(ProcessLocalHandles, Dataset):
                 fix="pass variable='vorticity' or variable=('vorticity', 'u', 'v')",
             )
         self.path = self.root / f"{split}.nc"
+        if not self.path.is_file():
+            raise MissingDataError(
+                f"NavierStokesDataset: the {split} file {str(self.path)!r} is not on disk (the NSE "
+                "layout is <root>/{train,val,test}.nc with vorticity(sample, time, y, x))",
+                fix="pass the folder that holds train.nc, val.nc and test.nc"
+                + generate_hint("nse", self.root),
+            )
         nc = _scan_open(self.path)
         try:
             shapes = {}

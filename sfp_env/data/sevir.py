@@ -1,8 +1,13 @@
 """SEVIR (Storm EVent ImagRy) reader: ``CATALOG.csv`` plus HDF5 files, read lazily.
 
-Layout (REFERENCE.md): ``<root>/CATALOG.csv`` and ``<root>/data/<file_name>``; each HDF5 file holds
-``id`` [N] and ``<img_type>`` [N, H, W, T] (T = 49 frames at 5 min), the catalog row's
-``file_index`` is the event's row in that file.
+Layout (that of the public SEVIR release; ``sfp data generate sevir --out <root>`` writes it, see
+:mod:`sfp_env.data.generators.storms` and docs/DESIGN.md, "On-disk layouts"):
+``<root>/CATALOG.csv`` and ``<root>/data/<file_name>`` (e.g.
+``data/vil/2018/SEVIR_VIL_STORMEVENTS_2018_0101_0630.h5``); each HDF5 file holds ``id`` [N]
+(bytes) and ``<img_type>`` [N, H, W, T] (``vil``: uint8, T = 49 frames at 5 min). The catalog has
+one row per event and image type with at least the columns :data:`CATALOG_COLUMNS`:
+``file_name`` is relative to ``<root>/data``, ``file_index`` is the event's row in that file,
+``time_utc`` its start time and ``pct_missing`` the percentage of missing pixels.
 
 Catalog filtering: rows of ``img_type`` with ``pct_missing == 0``; a repeated id keeps its first
 row (our choice; other loaders may drop repeated ids entirely). Splits by ``time_utc`` as in
@@ -29,6 +34,7 @@ from sfp_env.data._common import (
     area_resize,
     check_choice,
     check_frames,
+    generate_hint,
     require_dir,
     resize_factors,
 )
@@ -110,7 +116,7 @@ class SEVIRDataset(ProcessLocalHandles, Dataset):
         catalog: str | os.PathLike = "CATALOG.csv",
         split_dates: tuple[str, str] = SEVIR_SPLIT_DATES,
     ) -> None:
-        self.root = require_dir(root, "SEVIRDataset")
+        self.root = require_dir(root, "SEVIRDataset", generator="sevir")
         split = "all" if split is None else split
         check_choice(split, _SPLITS, "SEVIRDataset", "split", also=" or None",
                      fix="pass split='train', 'val', 'test' or 'all'")
@@ -159,7 +165,7 @@ class SEVIRDataset(ProcessLocalHandles, Dataset):
             raise MissingDataError(
                 f"SEVIR catalog {str(self.catalog_path)!r} is not on disk",
                 fix="download/generate SEVIR so that CATALOG.csv is in the data root, or pass "
-                "catalog=<path>",
+                "catalog=<path>" + generate_hint("sevir", self.root),
             )
         try:
             cat = pd.read_csv(self.catalog_path, low_memory=False)
@@ -173,7 +179,9 @@ class SEVIRDataset(ProcessLocalHandles, Dataset):
             raise DataError(
                 f"SEVIR catalog {str(self.catalog_path)!r} lacks columns {missing}; expected "
                 f"{list(CATALOG_COLUMNS)}, found {list(cat.columns)}",
-                fix="use the SEVIR CATALOG.csv layout (see REFERENCE.md)",
+                fix="use the SEVIR CATALOG.csv layout: one row per event and image type with "
+                "the expected columns (file_name relative to <root>/data, file_index the event's "
+                "row in that HDF5 file; the sfp_env.data.sevir module docstring describes it)",
             )
         return cat
 

@@ -16,6 +16,10 @@ None: ``embedded_seed`` (default 0) and ``embedded`` (a mapping of generator par
 The "netcdf" source selects the split's files by year: pass ``split_years={"train": (1979,
 2015), "val": (2016, 2016), "test": (2017, 2018)}`` (inclusive ranges) or ``years=[...]``.
 
+The generator behind a source's embedded data is recorded when the source is registered
+(``register_data_source(..., generator="sst")``); :func:`embedded_generator` returns it, e.g. for
+pointing a user at ``sfp data generate <generator> --out <dir>``.
+
 Readers are imported when a source is built, so importing this module is cheap.
 """
 
@@ -31,26 +35,52 @@ from torch.utils.data import Dataset
 from sfp_env.errors import ConfigError
 from sfp_env.registry import Registry
 
-__all__ = ["DATA_SOURCES", "register_data_source", "build_dataset", "DataSourceBuilder"]
+__all__ = [
+    "DATA_SOURCES",
+    "register_data_source",
+    "build_dataset",
+    "embedded_generator",
+    "DataSourceBuilder",
+]
 
 #: ``build(split, root=None, **kwargs) -> Dataset``
 DataSourceBuilder = Callable[..., Dataset]
 
 #: name -> builder
 DATA_SOURCES: Registry[DataSourceBuilder] = Registry("data_source")
+#: source name -> name of the embedded generator (``GENERATORS``) behind ``root=None``
+_EMBEDDED_GENERATORS: dict[str, str] = {}
 
 
 def register_data_source(
-    name: str, builder: DataSourceBuilder, *, overwrite: bool = False
+    name: str,
+    builder: DataSourceBuilder,
+    *,
+    generator: str | None = None,
+    overwrite: bool = False,
 ) -> DataSourceBuilder:
-    """Register ``builder(split, root=None, **kwargs) -> Dataset`` under ``name``."""
+    """Register ``builder(split, root=None, **kwargs) -> Dataset`` under ``name``.
+
+    ``generator`` names the embedded generator whose data the builder uses when ``root`` is None
+    (None: the source has no embedded data).
+    """
     if not callable(builder):
         raise ConfigError(
             f"data source {name!r}: builder must be callable, got {type(builder).__name__}",
             fix="register a function build(split, root=None, **kwargs) -> Dataset",
         )
     DATA_SOURCES.register(name, builder, overwrite=overwrite)
+    if generator is None:
+        _EMBEDDED_GENERATORS.pop(name, None)
+    else:
+        _EMBEDDED_GENERATORS[name] = generator
     return builder
+
+
+def embedded_generator(source: str) -> str | None:
+    """The embedded generator of data source ``source`` ("mhw" -> "sst"), or None when the source
+    has none (or is not registered)."""
+    return _EMBEDDED_GENERATORS.get(source)
 
 
 def build_dataset(
@@ -144,7 +174,7 @@ def _netcdf(split: str, root: str | os.PathLike | None = None, **kwargs: Any) ->
     return NetCDFFieldDataset(Path(root).expanduser(), **kwargs)
 
 
-register_data_source("sevir", _sevir)
-register_data_source("nse", _nse)
-register_data_source("mhw", _mhw)
+register_data_source("sevir", _sevir, generator="sevir")
+register_data_source("nse", _nse, generator="nse")
+register_data_source("mhw", _mhw, generator="sst")
 register_data_source("netcdf", _netcdf)

@@ -11,10 +11,18 @@ deterministic:
 
 :func:`render_rgb` draws ``context | truth | forecast`` panels (the last frame of each) as one
 uint8 image ``[H, 3 W + 2 gap, 3]``; :func:`render_ansi` formats a one-screen text summary.
+
+A reward and a chunk score (``info["metrics"]``) may share a name but not a definition: the
+categorical rewards (``csi_m``, ``csi_pool4``, ``heatwave_csi``, ...) score a threshold that
+neither the truth nor the forecast of the chunk reaches as a perfect 1, while the metrics leave
+such thresholds out (NaN, skipped by the mean over thresholds). So ``reward 0.3783 (csi_m)`` next
+to ``metrics: csi_m 0.0674`` is expected when some thresholds have no event; the text summary
+says so (:data:`REWARD_METRIC_NOTES`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -30,6 +38,7 @@ __all__ = [
     "diverging",
     "render_rgb",
     "render_ansi",
+    "REWARD_METRIC_NOTES",
 ]
 
 RGB = tuple[int, int, int]
@@ -246,12 +255,52 @@ def render_rgb(
     return np.ascontiguousarray(image)
 
 
+_NO_EVENT_NOTES = (
+    "no-event thresholds count as 1",
+    "no-event thresholds left out",
+    "no-event threshold: neither the truth nor the forecast of the chunk reaches it",
+)
+
+#: reward name -> (note on the reward line, note on the metric of the same name, footnote):
+#: how a reward differs from the ``info["metrics"]`` score that has its name. Shown by
+#: :func:`render_ansi` when both appear; add an entry for a registered reward that needs one.
+REWARD_METRIC_NOTES: dict[str, tuple[str, str, str]] = {
+    "csi_m": _NO_EVENT_NOTES,
+    "csi_pool4": _NO_EVENT_NOTES,
+    "csi_pool16": _NO_EVENT_NOTES,
+    "heatwave_csi": (
+        "no heatwave cell in truth and forecast scores 1",
+        "NaN when there is no heatwave cell in truth and forecast",
+        "",
+    ),
+}
+
+#: the reward entry as the environments write it: ``"<value> (<reward name>)"``
+_REWARD_TEXT = re.compile(r"^(?P<value>.*\S)\s+\((?P<name>[^()]+)\)$")
+
+
+def _reward_note(summary: Mapping[str, object]) -> tuple[str, str, tuple[str, str, str]] | None:
+    """``(summary key of the metrics, reward name, notes)`` when the reward and a metric share
+    a name that :data:`REWARD_METRIC_NOTES` explains."""
+    reward = summary.get("reward")
+    match = _REWARD_TEXT.match(reward) if isinstance(reward, str) else None
+    if match is None or match["name"] not in REWARD_METRIC_NOTES:
+        return None
+    for key, value in summary.items():
+        if isinstance(value, Mapping) and match["name"] in value:
+            return key, match["name"], REWARD_METRIC_NOTES[match["name"]]
+    return None
+
+
 def render_ansi(summary: Mapping[str, object]) -> str:
     """Terminal summary of an episode: one ``key: value`` line per entry, metrics indented.
 
-    ``summary`` holds e.g. task, split, index, step, lead time, last reward and a ``metrics``
-    mapping of per-metric scores of the last chunk.
+    ``summary`` holds e.g. task, split, index, step, lead time, last reward (``"<value>
+    (<reward name>)"``) and a ``metrics`` mapping of per-metric scores of the last chunk. When
+    the reward and a metric share a name but not a definition (:data:`REWARD_METRIC_NOTES`, e.g.
+    ``csi_m``), both lines say how each treats thresholds without events.
     """
+    noted = _reward_note(summary)
     lines = []
     for key, value in summary.items():
         if isinstance(value, Mapping):
@@ -259,9 +308,17 @@ def render_ansi(summary: Mapping[str, object]) -> str:
             if not value:
                 lines.append("  (none yet)")
             for k, v in value.items():
-                lines.append(f"  {k:<16} {_fmt(v)}")
+                note = ""
+                if noted is not None and key == noted[0] and k == noted[1]:
+                    note = f" ({noted[2][1]})"
+                lines.append(f"  {k:<16} {_fmt(v)}{note}")
+        elif key == "reward" and noted is not None:
+            match = _REWARD_TEXT.match(str(value))
+            lines.append(f"{key:<18} {match['value']} ({match['name']}: {noted[2][0]})")
         else:
             lines.append(f"{key:<18} {_fmt(value)}")
+    if noted is not None and noted[2][2]:
+        lines.append(f"({noted[2][2]})")
     return "\n".join(lines) + "\n"
 
 

@@ -17,13 +17,15 @@ model, all of it vectorized over events, frames and storm components:
   outlives the cores.
 - **Intensities**: peak VIL (kg/m^2) is log-normal per cell (median 5.5 x an event severity
   factor), so light rain is common and the high SEVIR thresholds are rare. The physical field
-  is encoded to bytes with the inverse of SEVIR's decoding (REFERENCE.md): ``X = 90.66 VIL + 2``
-  up to X = 18, ``X = 83.9 + 38.9 ln(VIL)`` above, 0 where X <= 5, clipped to 0..254.
+  is encoded to bytes with the inverse of SEVIR's VIL decoding (:func:`byte_to_vil`):
+  ``X = 90.66 VIL + 2`` up to X = 18, ``X = 83.9 + 38.9 ln(VIL)`` above, 0 where X <= 5, clipped
+  to 0..254.
 
 Gaussian sub-cores are axis-aligned ellipses (the cluster axis carries the orientation), which
 makes every frame a low-rank sum ``sum_g a_g gy_g gx_g^T`` computed as one batched matmul.
 
-Layout (REFERENCE.md): ``<out>/data/vil/<year>/SEVIR_VIL_STORMEVENTS_<year>_<MMDD>_<MMDD>.h5``
+Layout (the public SEVIR release's, read by :class:`~sfp_env.data.sevir.SEVIRDataset`):
+``<out>/data/vil/<year>/SEVIR_VIL_STORMEVENTS_<year>_<MMDD>_<MMDD>.h5``
 (half-year files like SEVIR's ``0101_0630`` / ``0701_1231``) with ``id`` [N] bytes and ``vil``
 [N, H, W, 49] uint8, and ``<out>/CATALOG.csv`` with all SEVIR columns. Event times: train in
 2018, val 2019-01-01..2019-05-31, test 2019-06-01..2019-12-31 (Earthformer's split).
@@ -112,7 +114,8 @@ def vil_to_byte(vil: torch.Tensor) -> torch.Tensor:
 
 
 def byte_to_vil(x: torch.Tensor) -> torch.Tensor:
-    """SEVIR decoding (REFERENCE.md): bytes -> VIL kg/m^2 (float32)."""
+    """SEVIR's VIL decoding, bytes -> kg/m^2 (float32): 0 for X <= 5, ``(X - 2) / 90.66`` for
+    X <= 18, ``exp((X - 83.9) / 38.9)`` above."""
     x = x.to(torch.float32)
     lin = (x - 2.0) / 90.66
     log = torch.exp((x - 83.9) / 38.9)

@@ -38,7 +38,7 @@ def test_byte_encoding_inverts_the_sevir_decoding():
     codes = vil_to_byte(vil)
     assert codes.dtype == torch.uint8 and codes[-1] == 254 and codes[0] == 0
     assert (codes[1:].diff() >= 0).all()
-    # 3.53 kg/m^2 is the 133 threshold, 32.3 kg/m^2 the 219 one (REFERENCE.md decoding)
+    # 3.53 kg/m^2 is the 133 threshold, 32.3 kg/m^2 the 219 one (SEVIR decoding, byte_to_vil)
     assert abs(int(codes[3]) - 133) <= 1 and abs(int(codes[5]) - 219) <= 1
 
 
