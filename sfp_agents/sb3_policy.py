@@ -28,14 +28,21 @@ from typing import Any
 import numpy as np
 import torch
 from gymnasium import spaces
+from stable_baselines3.common.distributions import MultiCategoricalDistribution
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
+from torch.distributions import Categorical
 
 from sfp_agents.sb3 import frame_space_scale
 from sfp_env.errors import ConfigError
 
-__all__ = ["CellFeaturesExtractor", "CellLogits", "CodeChoicePolicy"]
+__all__ = [
+    "CellCategoricalDistribution",
+    "CellFeaturesExtractor",
+    "CellLogits",
+    "CodeChoicePolicy",
+]
 
 
 def _split_space(observation_space: spaces.Space) -> tuple[spaces.Box, spaces.Box | None]:
@@ -169,6 +176,38 @@ class CellLogits(nn.Module):
         return scores.permute(0, 2, 3, 1).flatten(1)  # [B, h*w*K]
 
 
+class CellCategoricalDistribution(MultiCategoricalDistribution):
+    """SB3's ``MultiCategoricalDistribution`` for ``cells`` choices of ``k`` each, as one batched
+    ``Categorical`` over logits ``[B, cells, k]`` instead of a Python list of ``cells``
+    distributions: the same log-probabilities, entropies and modes (tested against SB3's), with
+    no per-cell loop in PPO's rollout and update (256 cells: about 40% of a SEVIR PPO step).
+    Samples follow another random stream than SB3's per-cell draws."""
+
+    distribution: Categorical  # type: ignore[assignment]
+
+    def __init__(self, cells: int, k: int) -> None:
+        super().__init__([int(k)] * int(cells))
+        self.cells, self.k = int(cells), int(k)
+
+    def proba_distribution(self, action_logits: torch.Tensor) -> CellCategoricalDistribution:
+        """Logits ``[B, cells * k]`` (cell-major, SB3's MultiDiscrete order)."""
+        self.distribution = Categorical(logits=action_logits.view(-1, self.cells, self.k))
+        return self
+
+    def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
+        """Actions ``[B, cells]`` -> joint log-probability ``[B]``."""
+        return self.distribution.log_prob(actions.long().view(-1, self.cells)).sum(dim=1)
+
+    def entropy(self) -> torch.Tensor:
+        return self.distribution.entropy().sum(dim=1)
+
+    def sample(self) -> torch.Tensor:
+        return self.distribution.sample()
+
+    def mode(self) -> torch.Tensor:
+        return self.distribution.probs.argmax(dim=-1)
+
+
 class _PooledValue(nn.Module):
     """Critic: the mean of the cell features ``[B, F, h, w]`` (the first ``F*h*w`` features)
     -> a linear value ``[B, 1]``."""
@@ -251,6 +290,7 @@ class CodeChoicePolicy(ActorCriticPolicy):
         )
 
     def _build(self, lr_schedule: Any) -> None:
+        self.action_dist = CellCategoricalDistribution(self.grid[0] * self.grid[1], self.k)
         super()._build(lr_schedule)
         extractor = self.pi_features_extractor
         channels, code_dim = extractor.channels, extractor.code_dim

@@ -10,10 +10,16 @@ import torch
 from gymnasium import spaces
 from gymnasium.utils.env_checker import check_env
 from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.distributions import MultiCategoricalDistribution
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from sfp_agents.sb3 import CodeChoiceWrapper, PersistenceIntention
-from sfp_agents.sb3_policy import CellFeaturesExtractor, CellLogits, CodeChoicePolicy
+from sfp_agents.sb3_policy import (
+    CellCategoricalDistribution,
+    CellFeaturesExtractor,
+    CellLogits,
+    CodeChoicePolicy,
+)
 from sfp_env.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("quiet_single_thread")
@@ -21,6 +27,25 @@ pytestmark = pytest.mark.usefixtures("quiet_single_thread")
 
 def _constant_schedule(_: float) -> float:
     return 1e-3
+
+
+def test_cell_distribution_equals_sb3_multicategorical() -> None:
+    """One batched Categorical gives SB3's per-cell log-probabilities, entropy and mode."""
+    cells, k, b = 6, 4, 5
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(b, cells * k, generator=gen) * 2
+    ours = CellCategoricalDistribution(cells, k).proba_distribution(logits)
+    theirs = MultiCategoricalDistribution([k] * cells).proba_distribution(logits)
+    actions = torch.randint(0, k, (b, cells), generator=gen)
+    torch.testing.assert_close(ours.log_prob(actions), theirs.log_prob(actions))
+    torch.testing.assert_close(ours.log_prob(actions.float()), theirs.log_prob(actions))
+    torch.testing.assert_close(ours.entropy(), theirs.entropy())
+    assert torch.equal(ours.mode(), theirs.mode())
+    torch.manual_seed(0)
+    draws = torch.stack([ours.sample() for _ in range(4000)])  # [4000, B, cells]
+    assert draws.shape == (4000, b, cells) and int(draws.min()) >= 0 and int(draws.max()) < k
+    freq = torch.nn.functional.one_hot(draws, k).float().mean(0)  # [B, cells, K]
+    torch.testing.assert_close(freq, logits.view(b, cells, k).softmax(-1), atol=0.04, rtol=0)
 
 
 @pytest.mark.parametrize("code_dim", [0, 3])
@@ -79,7 +104,7 @@ def test_wrapper_observation_and_policy_shapes(tiny_env, tiny_world_model, obser
     tensor, _ = policy.obs_to_tensor(obs)
     actions, values, log_prob = policy(tensor)
     assert actions.shape == (1, 16) and values.shape == (1, 1) and log_prob.shape == (1,)
-    probs = torch.stack([d.probs for d in policy.get_distribution(tensor).distribution], 1)
+    probs = policy.get_distribution(tensor).distribution.probs  # [1, cells, K]
     # near-uniform at initialisation (small output gain), so training starts from random choices
     torch.testing.assert_close(probs, torch.full_like(probs, 1 / 3), atol=0.02, rtol=0)
     _, reward, *_ = wrapped.step(actions[0].numpy())
