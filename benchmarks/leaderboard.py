@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import math
 import platform
+import shlex
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +63,9 @@ class SuiteConfig:
         task_overrides: extra overrides per task name.
         backbone_kwargs: ``backbone.kwargs`` per backbone name; a backbone not listed runs with
             its factory's defaults (the Stage-2 config's kwargs belong to its own backbone).
+        planner_kwargs: ``planner.kwargs`` per planner name; a planner not listed keeps the
+            Stage-2 config's ``planner.kwargs`` when it is that config's own planner (they were
+            written for it) and runs with its factory's defaults otherwise.
         panels: write a PNG panel per task (first backbone, first seed).
     """
 
@@ -74,6 +78,7 @@ class SuiteConfig:
     overrides: list[str] = field(default_factory=list)
     task_overrides: dict[str, list[str]] = field(default_factory=dict)
     backbone_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    planner_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     panels: bool = True
 
 
@@ -183,11 +188,31 @@ def row_config(
         f"backbone.kwargs={json.dumps(suite.backbone_kwargs.get(backbone, {}))}",
         f"run_dir={run_dir.as_posix()}",
     ]
-    if planner is not None:
-        overrides.append(f"planner.name={planner}")
     if data_root is not None:
         overrides.append(f"data_root={data_root}")
+    if planner is not None:
+        own = load_config(AgentRunConfig, task, overrides + list(extra)).planner.name
+        if planner in suite.planner_kwargs:
+            overrides.append(f"planner.kwargs={json.dumps(suite.planner_kwargs[planner])}")
+        elif planner != own:  # the config's planner.kwargs were written for its own planner
+            overrides.append("planner.kwargs={}")
+        overrides.append(f"planner.name={planner}")
     return load_config(AgentRunConfig, task, overrides + list(extra))
+
+
+def check_rows(suite: SuiteConfig, data_roots: Mapping[str, str] | None = None) -> None:
+    """Build every row's config and the components it names before anything is trained, so a
+    bad task, backbone or planner name, or planner arguments a planner does not take, fail in
+    seconds rather than after the first trainings (:class:`ConfigError` / ``RegistryError``)."""
+    from sfp_agents.training.self_train import check_components
+
+    for task in suite.tasks:
+        get_task(task)  # RegistryError listing the tasks
+        for backbone in suite.backbones:
+            for planner in [None, *suite.planners]:
+                config = row_config(task, backbone, planner, suite.seeds[0] if suite.seeds
+                                    else 0, suite, Path("."), (data_roots or {}).get(task))
+                check_components(config)
 
 
 def _run_one(
@@ -263,15 +288,7 @@ def run_suite(
     suite in ``run_root`` and only evaluate them again; each run records ``reused_training``."""
     from accelerate import Accelerator
 
-    for task in suite.tasks:
-        get_task(task)  # RegistryError listing the tasks
-    from sfp_agents.planners import PLANNERS
-    from sfp_agents.policies import BACKBONES
-
-    for b in suite.backbones:
-        BACKBONES.get(b)
-    for p in suite.planners:
-        PLANNERS.get(p)
+    check_rows(suite, data_roots)
     accelerator = Accelerator()
     run_root = Path(run_root or Path("runs") / "leaderboard" / name)
     t0 = time.perf_counter()
@@ -377,7 +394,10 @@ def summarize(results: Mapping[str, Any]) -> dict[str, Any]:
                 diff = s.get("mean", float("nan")) - b.get("mean", float("nan"))
                 spread = b.get("std", 0.0) + s.get("std", 0.0)
                 row["domain_diff"] = diff
-                row["exceeds_seed_spread"] = bool(math.isfinite(diff) and abs(diff) > spread)
+                # one seed has no spread to compare with: never marked as exceeding it
+                row["exceeds_seed_spread"] = bool(
+                    len(sfp_runs) > 1 and math.isfinite(diff) and abs(diff) > spread
+                )
                 row["sfp_better"] = bool(diff > 0) if mode == "max" else bool(diff < 0)
                 task_rows.append(row)
         summary["rows"].extend(task_rows)
@@ -405,13 +425,16 @@ def summarize(results: Mapping[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def _fmt(stat: Mapping[str, float] | None, digits: int = 4) -> str:
+def _fmt(stat: Mapping[str, float] | None, digits: int = 4, spread: bool = True) -> str:
+    """``mean ± std`` (``spread=False``: the mean alone, e.g. for a single seed)."""
     if not stat or not math.isfinite(stat.get("mean", float("nan"))):
         return "n/a"
     mean, std = stat["mean"], stat.get("std", 0.0)
-    if abs(mean) < 1e-2 and mean != 0:
-        return f"{mean:.3e} ± {std:.1e}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    small = abs(mean) < 1e-2 and mean != 0
+    text = f"{mean:.3e}" if small else f"{mean:.{digits}f}"
+    if not spread:
+        return text
+    return f"{text} ± {std:.1e}" if small else f"{text} ± {std:.{digits}f}"
 
 
 def _pct(x: float | None) -> str:
@@ -461,13 +484,17 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         header = "| backbone | planner | " + " | ".join(
             f"{c} base | {c} +SFP | Δ {c}" for c in cols) + " |"
         lines += [header, "|" + "---|" * (2 + 3 * len(cols))]
+        single_seed = False
         for row in (r for r in summary["rows"] if r["task"] == task):
             cells = [row["backbone"], row["planner"]]
+            spread = len(row["seeds"]) > 1
+            single_seed |= not spread
             for c in cols:
                 delta = _pct(row["rel_change"].get(c))
                 if c == dom and row["exceeds_seed_spread"]:
                     delta = f"**{delta}**"
-                cells += [_fmt(row["baseline"].get(c)), _fmt(row["sfp"].get(c)), delta]
+                cells += [_fmt(row["baseline"].get(c), spread=spread),
+                          _fmt(row["sfp"].get(c), spread=spread), delta]
             lines.append("| " + " | ".join(cells) + " |")
         t = summary["tasks"][task]
         target = t["paper_target"]
@@ -482,7 +509,10 @@ def render_markdown(results: Mapping[str, Any]) -> str:
             f"Average over backbones: Δ {dom} {_pct(t['avg_rel_change_domain'])} ({target_txt}); "
             f"Δ MSE {_pct(t['avg_rel_change_mse'])} "
             f"({'within' if t['mse_within_tolerance'] else 'outside'} the +5% tolerance); "
-            f"+SFP better in {t['rows_sfp_better']}/{t['rows']} rows.",
+            f"+SFP better in {t['rows_sfp_better']}/{t['rows']} rows."
+            + (" One seed only: no seed spread, so no difference is marked and 'met' is not a "
+               "verdict; run three or more seeds (`--seeds 0 1 2`) to compare." if single_seed
+               else ""),
             "",
         ]
         if task == "sevir":
@@ -559,8 +589,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbones", nargs="+", help="override the suite's backbones")
     parser.add_argument("--planners", nargs="+", help="override the suite's planners")
     parser.add_argument("--seeds", nargs="+", type=int, help="override the suite's seeds")
-    parser.add_argument("--plugins", nargs="+", default=[],
-                        help="modules to import first (they register backbones/planners)")
     parser.add_argument("--data-root", nargs="+", default=[], metavar="TASK=PATH",
                         help="real data per task, e.g. sevir=/data/sevir")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
@@ -573,8 +601,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for module in args.plugins:
-        importlib.import_module(module)
     name, suite = load_suite(args.suite)
     changes: dict[str, Any] = {}
     for key in ("tasks", "backbones", "planners", "seeds"):
@@ -589,10 +615,9 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"--data-root names unknown tasks {unknown}",
                           fix=f"use task names from {sorted(TASKS)}")
-    import sys
-
-    argv = [a for a in sys.argv[2:] if a != "--resume"]  # resuming does not change results
-    command = "sfp leaderboard " + " ".join(argv) if argv else None
+    # the command as given (``sfp`` passes its own argv; resuming does not change results)
+    argv = [a for a in getattr(args, "argv", sys.argv[2:]) if a != "--resume"]
+    command = "sfp leaderboard " + shlex.join(argv) if argv else None
     results = run_suite(name, suite, out_dir=args.out_dir, run_root=args.run_root,
                         data_roots={k: str(v) for k, v in roots.items()},
                         command=command or f"sfp leaderboard --suite {args.suite}",
@@ -603,9 +628,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.leaderboard", description=__doc__)
-    configure(parser)
-    return run(parser.parse_args(argv))
+    """``python -m benchmarks.leaderboard ...``: the same as ``sfp leaderboard ...``."""
+    from sfp_agents.cli import main as sfp_main
+
+    return sfp_main(["leaderboard", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -8,17 +8,23 @@ Each sub-command lives in its own module that defines::
 and is listed once in :data:`COMMANDS` (name -> (module, one-line help)). Modules are imported only
 when their command runs, so ``sfp --help`` stays fast. Errors from the :mod:`sfp_env.errors`
 hierarchy are printed as one readable message (exit code 2) instead of a traceback.
+
+Every command also takes ``--plugins MODULE ...``: modules imported before the command runs (the
+current folder first on the import path, as ``python -m`` has it), so backbones, planners,
+rewards or data sources they register are known by name to configs, checkpoints and the
+leaderboard. Options and ``KEY=VALUE`` overrides may come in any order.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
 from sfp_env import __version__
-from sfp_env.errors import SFPError
+from sfp_env.errors import ConfigError, SFPError
 
 #: name -> (module defining configure/run, help line)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -43,6 +49,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def import_plugins(modules: Sequence[str]) -> None:
+    """Import the plug-in ``modules`` (dotted names), the current folder first on the path.
+
+    Raises:
+        ConfigError: a module that cannot be found (an error raised *inside* a plug-in is
+            left as it is: its traceback is the user's best guide).
+    """
+    cwd = os.getcwd()
+    if modules and cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name is None or not module.startswith(e.name):
+                raise  # the plug-in itself imports something missing
+            raise ConfigError(
+                f"plug-in module {module!r} not found (looked in {cwd} and the installed "
+                "packages)",
+                fix="run from the folder that holds it, pass its dotted name (my_package.my_"
+                "module), or add its folder to PYTHONPATH",
+            ) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``sfp`` and ``python -m sfp_agents``."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -55,8 +85,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     cmd_parser = argparse.ArgumentParser(prog=f"sfp {name}", description=help_line)
     module.configure(cmd_parser)
-    args = cmd_parser.parse_args(rest)
+    cmd_parser.add_argument(
+        "--plugins", nargs="+", default=[], metavar="MODULE",
+        help="modules to import first (they register backbones, planners, rewards, ...)",
+    )
+    try:  # options and KEY=VALUE overrides in any order
+        args = cmd_parser.parse_intermixed_args(rest)
+    except TypeError:  # a command with sub-commands (sfp data ...): argparse's usual order
+        args = cmd_parser.parse_args(rest)
+    args.argv = list(rest)  # the command's arguments as given (e.g. for a "reproduce" line)
     try:
+        import_plugins(args.plugins)
         return int(module.run(args) or 0)
     except SFPError as e:
         print(f"sfp {name}: error: {e}", file=sys.stderr)

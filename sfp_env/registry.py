@@ -8,10 +8,11 @@ lists the registered names and suggests the closest one.
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable, Iterator, Mapping
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from sfp_env.errors import RegistryError
+from sfp_env.errors import ConfigError, RegistryError
 
 T = TypeVar("T")
 
@@ -66,7 +67,8 @@ class Registry(Mapping[str, T], Generic[T]):
             raise RegistryError(
                 f"unknown {self.kind} {name!r}; registered: {', '.join(known) or '(none)'}.{hint}",
                 fix=f"use one of the registered names, or register yours with "
-                f"register_{self.kind}({name!r}, ...)",
+                f"register_{self.kind}({name!r}, ...) (in a plug-in module: import it first, "
+                "or pass --plugins MODULE to the sfp command)",
             ) from None
 
     def __getitem__(self, name: str) -> T:
@@ -83,3 +85,37 @@ class Registry(Mapping[str, T], Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {sorted(self._items)})"
+
+
+def check_factory_kwargs(
+    kind: str,
+    name: str,
+    factory: Callable[..., Any],
+    kwargs: Mapping[str, Any],
+    *,
+    fixed: Mapping[str, Any] | None = None,
+) -> None:
+    """Raise :class:`ConfigError` unless ``factory(**fixed, **kwargs)`` binds to its signature.
+
+    ``kwargs`` are the user's options (a config's ``<kind>.kwargs``), ``fixed`` the arguments
+    the caller supplies itself; the message names only the options the factory does not take
+    and reminds that a config's ``<kind>.kwargs`` belong to its own ``<kind>.name``.
+    """
+    fixed = {k: v for k, v in (fixed or {}).items() if k not in kwargs}
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # builtins without a signature: nothing to check
+        return
+    try:
+        signature.bind(**fixed, **kwargs)
+    except TypeError as e:
+        params = signature.parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        bad = [] if takes_any else sorted(set(kwargs) - set(params))
+        own = [n for n in params if n not in fixed]
+        raise ConfigError(
+            f"{kind} {name!r}: invalid arguments {bad or sorted(kwargs)} ({e}); a config's "
+            f"{kind}.kwargs belong to its own {kind}.name",
+            fix=f"give {kind}.kwargs that {name!r} takes ({', '.join(own) or 'none'}), e.g. "
+            f"{kind}.kwargs={{}} for its defaults",
+        ) from e

@@ -18,7 +18,6 @@ the reward, runs under ``torch.no_grad`` and records the wall time.
 
 from __future__ import annotations
 
-import inspect
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -29,7 +28,7 @@ import torch
 from torch import Tensor
 
 from sfp_env.errors import ConfigError, ShapeError
-from sfp_env.registry import Registry
+from sfp_env.registry import Registry, check_factory_kwargs
 
 __all__ = [
     "Plan",
@@ -268,17 +267,7 @@ def register_planner(
 def get_planner(name: str, **kwargs: Any) -> Planner:
     """Build the planner registered as ``name`` with ``kwargs`` (bad kwargs -> ConfigError)."""
     factory = PLANNERS.get(name)
-    try:
-        inspect.signature(factory).bind(**kwargs)
-    except TypeError as e:
-        try:
-            params = ", ".join(inspect.signature(factory).parameters)
-        except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
-            params = "?"
-        raise ConfigError(
-            f"planner {name!r}: invalid arguments {sorted(kwargs)}: {e}",
-            fix=f"valid arguments: {params}",
-        ) from e
+    check_factory_kwargs("planner", name, factory, kwargs)
     planner = factory(**kwargs)
     if not callable(getattr(planner, "plan", None)):
         raise ConfigError(

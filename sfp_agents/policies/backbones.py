@@ -21,7 +21,6 @@ world model's latent grid. Registered (each well under 0.5 M parameters at its d
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sfp_env.errors import ConfigError, ShapeError
-from sfp_env.registry import Registry
+from sfp_env.registry import Registry, check_factory_kwargs
 
 __all__ = [
     "BACKBONES",
@@ -438,17 +437,7 @@ def build_backbone(
     factory = BACKBONES.get(name)
     args = dict(in_frames=in_frames, channels=channels, height=height, width=width,
                 downsample=downsample, hidden=hidden, **kwargs)
-    try:
-        inspect.signature(factory).bind(**args)
-    except TypeError as e:
-        try:
-            params = ", ".join(inspect.signature(factory).parameters)
-        except (TypeError, ValueError):  # pragma: no cover
-            params = "?"
-        raise ConfigError(
-            f"backbone {name!r}: invalid arguments {sorted(kwargs)}: {e}",
-            fix=f"valid arguments: {params}",
-        ) from e
+    check_factory_kwargs("backbone", name, factory, kwargs, fixed=args)
     module = factory(**args)
     out = getattr(module, "out_channels", None)
     if not isinstance(module, nn.Module) or not isinstance(out, int):

@@ -39,6 +39,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -48,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import numpy as np
 import torch
 import yaml
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
@@ -355,6 +356,12 @@ def load_run_config(
     config = load_config(config_cls, args.config, overrides)
     if args.run_dir:
         config = replace(config, run_dir=str(args.run_dir))
+    if getattr(args, "resume", False):
+        path = getattr(config, "resolved_run_dir", None) or config.run_dir
+        if RunDirectory(path, config).latest_state() is None and PartialState().is_main_process:
+            # not an error: job scripts that are requeued pass --resume from the first launch
+            print(f"warning: --resume: {str(path)!r} holds no saved state; starting a new run "
+                  "there (check the path if you meant to continue a run)", file=sys.stderr)
     return config
 
 

@@ -50,7 +50,13 @@ from accelerate import Accelerator, PartialState
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
-from sfp_agents.agent_config import AGENT_MODES, RESUMABLE_KEYS, AgentRunConfig, SFPLossConfig
+from sfp_agents.agent_config import (
+    AGENT_MODES,
+    RESUMABLE_KEYS,
+    UNUSED_BY_MODE,
+    AgentRunConfig,
+    SFPLossConfig,
+)
 from sfp_agents.planners import Planner, get_planner
 from sfp_agents.planners.base import check_frozen
 from sfp_agents.policies.checkpoint import build_policy, policy_arch, save_agent
@@ -73,7 +79,7 @@ from sfp_env.envs.forecast_env import resolve_world_model
 from sfp_env.envs.tasks import TaskSpec
 from sfp_env.errors import ConfigError, TrainingError
 from sfp_env.metrics.rewards import Reward, get_reward
-from sfp_env.registry import Registry
+from sfp_env.registry import Registry, check_factory_kwargs
 
 __all__ = [
     "BEST_FILE",
@@ -83,6 +89,7 @@ __all__ = [
     "ModeSetup",
     "TRAINING_MODES",
     "chunk_rewards",
+    "check_components",
     "train_agent",
     "configure",
     "run",
@@ -302,6 +309,24 @@ def _task_reward(config: AgentRunConfig, spec: TaskSpec, dataset: Dataset) -> Re
     return get_reward(config.reward, **dict(config.reward_kwargs))
 
 
+def check_components(config: AgentRunConfig) -> None:
+    """Resolve the backbone and (when the mode plans) the planner with the keyword arguments
+    ``config`` gives them, and the training mode; unknown names or arguments raise
+    ``RegistryError``/:class:`ConfigError` naming the fix. Cheap: no data, no weights."""
+    from sfp_agents.policies import BACKBONES
+
+    spec = config.task_spec
+    check_factory_kwargs(
+        "backbone", config.backbone.name, BACKBONES.get(config.backbone.name),
+        dict(config.backbone.kwargs),
+        fixed=dict(in_frames=spec.in_frames, channels=1, height=64, width=64, downsample=4,
+                   hidden=None),
+    )
+    TRAINING_MODES.get(config.mode)
+    if "planner" not in UNUSED_BY_MODE.get(config.mode, ()):
+        get_planner(config.planner.name, **dict(config.planner.kwargs))
+
+
 def train_agent(
     config: AgentRunConfig,
     resume: bool = False,
@@ -331,6 +356,7 @@ def train_agent(
             f"train_agent(config): expected an AgentRunConfig, got {type(config).__name__}",
             fix="load it with load_config(AgentRunConfig, name_or_path, overrides)",
         )
+    check_components(config)  # before the run dir is written: a fixed retry can reuse it
     spec = config.task_spec
     train_cfg = config.train
     run_dir = RunDirectory(config.resolved_run_dir, config, resumable=RESUMABLE_KEYS)

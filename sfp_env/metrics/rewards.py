@@ -8,7 +8,14 @@ checks shapes and dtypes on every call, so user callables obey the same contract
 
 Categorical rewards are per-sample scores over (T, C, H, W) with ``undefined=1.0``: a forecast
 with no events and no false alarms where nothing happened scores 1 (see
-:mod:`sfp_env.metrics.categorical`).
+:mod:`sfp_env.metrics.categorical`). The metrics of the same name (the environments'
+``info["metrics"]``, the evaluation suites) keep such a score undefined (NaN) and leave it out of
+the mean over thresholds instead, so the reward ``csi_m`` and the metric ``csi_m`` differ as soon
+as neither the truth nor the forecast of the chunk reaches some threshold: with CSIs ``c`` on the
+``k`` thresholds with an event in truth or forecast and ``n`` thresholds in all, the reward is
+``(sum(c) + n - k) / n`` and the metric ``sum(c) / k`` (e.g. 0.3783 vs 0.0674 for
+``sum(c) = 0.2696``, ``k = 4``, ``n = 6``). The same holds for ``csi_pool4``, ``csi_pool16`` and
+``heatwave_csi`` (1 vs NaN for a chunk without heatwave cells).
 """
 
 from __future__ import annotations
@@ -83,6 +90,13 @@ def build_from_factory(kind: str, name: str, factory: Callable[..., Any], kwargs
         missing = [
             n for n in accepted if params[n].default is inspect.Parameter.empty and n not in kwargs
         ]
+        if missing[:2] == ["pred", "truth"]:  # a reward function registered as its factory
+            raise ConfigError(
+                f"{kind} {name!r} was registered as fn(pred, truth); registries take a factory "
+                "that returns it",
+                fix=f"register_{kind}({name!r}, lambda: fn), or a factory whose keyword "
+                "arguments are the options (reward_kwargs) and that returns fn(pred, truth)",
+            )
         if missing:
             raise ConfigError(
                 f"{kind} {name!r} needs the options {missing}",
@@ -184,33 +198,41 @@ def _categorical(thresholds: Sequence[float], scale: float, pool: int, score: Ca
 def csi_m_reward(
     thresholds: Sequence[float] = SEVIR_THRESHOLDS, scale: float = 255.0, pool: int = 1
 ) -> RewardFn:
-    """Per-sample mean CSI over ``thresholds`` (values * scale >= t), optionally max-pooled."""
+    """Per-sample mean CSI over ``thresholds`` (values * scale >= t), optionally max-pooled.
+
+    A threshold that neither the truth nor the forecast reaches counts as CSI 1 in the mean; the
+    metric ``csi_m`` (``info["metrics"]``, evaluation) leaves it out instead, so the two differ
+    when such thresholds exist (see the module docstring).
+    """
     return _categorical(thresholds, scale, pool, csi)
 
 
 def csi_reward(threshold: float, scale: float = 255.0, pool: int = 1) -> RewardFn:
-    """Per-sample CSI at one threshold."""
+    """Per-sample CSI at one threshold (1 when neither truth nor forecast reaches it)."""
     return _categorical((threshold,), scale, pool, csi)
 
 
 def csi_pool4_reward(
     thresholds: Sequence[float] = SEVIR_THRESHOLDS, scale: float = 255.0
 ) -> RewardFn:
-    """CSI-pool4: mean CSI over thresholds after 4x4 max-pooling."""
+    """CSI-pool4: mean CSI over thresholds after 4x4 max-pooling; thresholds without events in
+    truth and forecast count as 1 (the metric ``csi_pool4`` leaves them out)."""
     return _categorical(thresholds, scale, 4, csi)
 
 
 def csi_pool16_reward(
     thresholds: Sequence[float] = SEVIR_THRESHOLDS, scale: float = 255.0
 ) -> RewardFn:
-    """CSI-pool16: mean CSI over thresholds after 16x16 max-pooling."""
+    """CSI-pool16: mean CSI over thresholds after 16x16 max-pooling; thresholds without events in
+    truth and forecast count as 1 (the metric ``csi_pool16`` leaves them out)."""
     return _categorical(thresholds, scale, 16, csi)
 
 
 def hss_reward(
     thresholds: Sequence[float] = SEVIR_THRESHOLDS, scale: float = 255.0, pool: int = 1
 ) -> RewardFn:
-    """Per-sample mean Heidke skill score over thresholds."""
+    """Per-sample mean Heidke skill score over thresholds (an undefined HSS counts as 1; the
+    metric ``hss_m`` leaves it out)."""
     return _categorical(thresholds, scale, pool, hss)
 
 
@@ -268,7 +290,11 @@ def neg_spectrum_error_reward(k_max: int | None = None, rel_eps: float = 1e-6) -
 
 
 def heatwave_csi_reward(threshold: float = 0.0, mask: Any = None) -> RewardFn:
-    """Per-sample CSI of heatwave cells (value >= threshold), ignoring ``mask`` (True = land)."""
+    """Per-sample CSI of heatwave cells (value >= threshold), ignoring ``mask`` (True = land).
+
+    A chunk with no heatwave cell in truth and forecast scores 1; the metric ``heatwave_csi``
+    is NaN there (left out of averages).
+    """
     m = check_mask(mask)
     threshold = check_threshold(threshold)
 

@@ -5,6 +5,7 @@ Markdown rendered from the JSON alone, and a user-registered backbone appearing 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 from pathlib import Path
@@ -17,15 +18,19 @@ from benchmarks.leaderboard import (
     TRAINED_RECORD,
     _finished_training,
     _world_model_hash,
+    check_rows,
     load_suite,
     render_markdown,
+    row_config,
     run_suite,
     summarize,
 )
 from sfp_agents.agent_config import AgentRunConfig
 from sfp_agents.config import load_config
+from sfp_agents.planners import PLANNERS
 from sfp_agents.policies import BACKBONES, register_backbone
 from sfp_env.config import from_dict, to_dict
+from sfp_env.errors import ConfigError
 from sfp_env.world_model import GenerativeWorldModel, WorldModelConfig
 
 SIZE = 16
@@ -116,6 +121,47 @@ def test_plugin_backbone_appears_as_a_row(results: tuple[dict, Path, dict]) -> N
     rows = [r for r in out["summary"]["rows"] if r["task"] == "sevir"]
     assert sorted(r["backbone"] for r in rows) == ["plugin_net", "resnet"]
     assert "| plugin_net | beam |" in (out_dir / "smoke.md").read_text()
+
+
+def test_one_seed_marks_no_difference_and_says_so(results: tuple[dict, Path, dict]) -> None:
+    out, _, _ = results
+    one = {**out, "runs": [r for r in out["runs"] if r["seed"] == 0]}
+    one.pop("summary")
+    md = render_markdown(one)
+    table = [line for line in md.splitlines() if line.startswith("| resnet |")
+             or line.startswith("| plugin_net |")]
+    assert table and not any("±" in line or "**" in line for line in table)
+    assert "One seed only" in md
+    assert "One seed only" not in render_markdown(out)  # two seeds: spreads are shown
+
+
+@pytest.mark.parametrize("suite_name", ["smoke", "small", "full"])
+@pytest.mark.parametrize("planner", sorted(PLANNERS))
+def test_every_planner_gets_arguments_it_takes(suite_name: str, planner: str) -> None:
+    """A suite's rows for any registered planner build (the config's planner.kwargs belong to
+    its own planner), and suite.planner_kwargs override them per planner."""
+    _, suite = load_suite(suite_name)
+    suite = dataclasses.replace(suite, planners=[planner], backbones=suite.backbones[:1])
+    check_rows(suite)
+    for task in suite.tasks:
+        own = load_config(AgentRunConfig, task, list(suite.overrides)).planner
+        config = row_config(task, suite.backbones[0], planner, 0, suite, Path("r"))
+        assert config.planner.name == planner
+        assert config.planner.kwargs == (own.kwargs if planner == own.name else {})
+    if "seed" not in inspect.signature(PLANNERS.get(planner)).parameters:
+        return
+    given = dataclasses.replace(suite, planner_kwargs={planner: {"seed": 3}})
+    config = row_config(suite.tasks[0], suite.backbones[0], planner, 0, given, Path("r"))
+    assert config.planner.kwargs == {"seed": 3}
+
+
+def test_bad_planner_kwargs_fail_before_any_training(tmp_path: Path) -> None:
+    _, suite = load_suite("smoke")
+    suite = dataclasses.replace(suite, planners=["cem"],
+                                planner_kwargs={"cem": {"beam_width": 2}})
+    with pytest.raises(ConfigError, match=r"planner 'cem': invalid arguments \['beam_width'\]"):
+        run_suite("smoke", suite, out_dir=tmp_path / "out", run_root=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
 
 
 def test_unknown_suite_names_the_shipped_ones() -> None:

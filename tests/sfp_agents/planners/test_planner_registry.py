@@ -95,6 +95,10 @@ def test_unknown_planner_suggests_a_name() -> None:
 def test_bad_planner_kwargs_name_the_valid_ones() -> None:
     with pytest.raises(ConfigError, match="beam_width"):
         get_planner("beam", width=3)
+    # another planner's arguments: only the ones it does not take are named, with the fix
+    with pytest.raises(ConfigError, match=r"invalid arguments \['beam_width'\]") as err:
+        get_planner("greedy", beam_width=2, top_k=4)
+    assert "planner.kwargs={}" in str(err.value) and "top_k" in str(err.value)
     with pytest.raises(RegistryError, match="candidate mode"):
         BeamSearchPlanner(candidates="ranked")
 

@@ -125,3 +125,16 @@ def test_register_reward_and_get_it_by_name():
     finally:
         REWARDS.unregister("neg_max_error_test")
     assert "neg_max_error_test" not in REWARDS
+
+
+def test_a_reward_function_registered_as_its_factory_is_explained():
+    def neg_l1(pred, truth):
+        return -(pred - truth).abs().mean(dim=(1, 2, 3, 4))
+
+    register_reward("neg_l1_as_factory_test", neg_l1)
+    try:
+        with pytest.raises(ConfigError, match=r"registered as fn\(pred, truth\)") as info:
+            get_reward("neg_l1_as_factory_test")
+        assert "lambda: fn" in str(info.value)
+    finally:
+        REWARDS.unregister("neg_l1_as_factory_test")
