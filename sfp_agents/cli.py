@@ -63,7 +63,7 @@ def import_plugins(modules: Sequence[str]) -> None:
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as e:
-            if e.name is None or not module.startswith(e.name):
+            if e.name is None or not (e.name == module or module.startswith(e.name + ".")):
                 raise  # the plug-in itself imports something missing
             raise ConfigError(
                 f"plug-in module {module!r} not found (looked in {cwd} and the installed "
@@ -73,6 +73,27 @@ def import_plugins(modules: Sequence[str]) -> None:
             ) from None
 
 
+def split_plugins(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(plug-in modules, the other arguments)``: ``--plugins A B`` (up to the next option or
+    ``KEY=VALUE`` override) or ``--plugins=A,B``, anywhere in ``argv`` (also after a
+    sub-command such as ``sfp data generate``)."""
+    plugins: list[str] = []
+    rest: list[str] = []
+    taking = False
+    for arg in argv:
+        if arg == "--plugins":
+            taking = True
+        elif arg.startswith("--plugins="):
+            plugins += [m for m in arg.split("=", 1)[1].split(",") if m]
+            taking = False
+        elif taking and not arg.startswith("-") and "=" not in arg:
+            plugins.append(arg)
+        else:
+            taking = False
+            rest.append(arg)
+    return plugins, rest
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``sfp`` and ``python -m sfp_agents``."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -80,22 +101,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] not in COMMANDS:
         parser.parse_args(argv or ["--help"])
         return 2
-    name, rest = argv[0], argv[1:]
+    name, given = argv[0], argv[1:]
     module_name, help_line = COMMANDS[name]
+    plugins, rest = split_plugins(given)
+    try:  # first, so that what they register is known to the command's options
+        import_plugins(plugins)
+    except SFPError as e:
+        print(f"sfp {name}: error: {e}", file=sys.stderr)
+        return 2
     module = importlib.import_module(module_name)
     cmd_parser = argparse.ArgumentParser(prog=f"sfp {name}", description=help_line)
     module.configure(cmd_parser)
-    cmd_parser.add_argument(
+    cmd_parser.add_argument(  # taken out of argv by split_plugins; listed here for --help
         "--plugins", nargs="+", default=[], metavar="MODULE",
-        help="modules to import first (they register backbones, planners, rewards, ...)",
+        help="modules to import first (they register backbones, planners, rewards, data "
+        "sources, ...); anywhere on the line, or --plugins=A,B",
     )
     try:  # options and KEY=VALUE overrides in any order
         args = cmd_parser.parse_intermixed_args(rest)
     except TypeError:  # a command with sub-commands (sfp data ...): argparse's usual order
         args = cmd_parser.parse_args(rest)
-    args.argv = list(rest)  # the command's arguments as given (e.g. for a "reproduce" line)
+    args.plugins = plugins
+    args.argv = list(given)  # the command's arguments as given (e.g. for a "reproduce" line)
     try:
-        import_plugins(args.plugins)
         return int(module.run(args) or 0)
     except SFPError as e:
         print(f"sfp {name}: error: {e}", file=sys.stderr)

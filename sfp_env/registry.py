@@ -94,28 +94,39 @@ def check_factory_kwargs(
     kwargs: Mapping[str, Any],
     *,
     fixed: Mapping[str, Any] | None = None,
+    section: str | None = None,
 ) -> None:
-    """Raise :class:`ConfigError` unless ``factory(**fixed, **kwargs)`` binds to its signature.
+    """Raise :class:`ConfigError` unless ``factory(**fixed, **kwargs)`` fits its signature.
 
-    ``kwargs`` are the user's options (a config's ``<kind>.kwargs``), ``fixed`` the arguments
-    the caller supplies itself; the message names only the options the factory does not take
-    and reminds that a config's ``<kind>.kwargs`` belong to its own ``<kind>.name``.
+    ``kwargs`` are the user's options, ``fixed`` the arguments the caller supplies itself.
+    Options the factory does not take and required ones that are missing are named apart;
+    ``section`` (e.g. ``"planner.kwargs"``) is the config key the options come from, named in
+    the fix (a config's ``planner.kwargs`` belong to its own ``planner.name``).
     """
     fixed = {k: v for k, v in (fixed or {}).items() if k not in kwargs}
     try:
-        signature = inspect.signature(factory)
+        params = inspect.signature(factory).parameters
     except (TypeError, ValueError):  # builtins without a signature: nothing to check
         return
-    try:
-        signature.bind(**fixed, **kwargs)
-    except TypeError as e:
-        params = signature.parameters
-        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        bad = [] if takes_any else sorted(set(kwargs) - set(params))
-        own = [n for n in params if n not in fixed]
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    accepted = [n for n, p in params.items() if p.kind in named and n not in fixed]
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    where = f" ({section})" if section else ""
+    unknown = [] if takes_any else sorted(set(kwargs) - set(accepted))
+    if unknown:
+        owner = section.rsplit(".", 1)[0] if section else ""
         raise ConfigError(
-            f"{kind} {name!r}: invalid arguments {bad or sorted(kwargs)} ({e}); a config's "
-            f"{kind}.kwargs belong to its own {kind}.name",
-            fix=f"give {kind}.kwargs that {name!r} takes ({', '.join(own) or 'none'}), e.g. "
-            f"{kind}.kwargs={{}} for its defaults",
-        ) from e
+            f"{kind} {name!r}: invalid arguments {unknown}{where}: it does not take them (it "
+            f"takes {', '.join(accepted) or 'no options'})"
+            + (f"; a config's {section} belong to its own {owner}.name" if section else ""),
+            fix=(f"give {section} that {name!r} takes, e.g. {section}={{}} for its defaults"
+                 if section else f"remove {unknown} from the {kind} options"),
+        )
+    missing = [n for n in accepted
+               if params[n].default is inspect.Parameter.empty and n not in kwargs]
+    if missing:
+        raise ConfigError(
+            f"{kind} {name!r} needs the arguments {missing}{where}",
+            fix=f"pass {', '.join(f'{m}=...' for m in missing)}"
+            + (f" in {section}" if section else ""),
+        )

@@ -267,7 +267,7 @@ def register_planner(
 def get_planner(name: str, **kwargs: Any) -> Planner:
     """Build the planner registered as ``name`` with ``kwargs`` (bad kwargs -> ConfigError)."""
     factory = PLANNERS.get(name)
-    check_factory_kwargs("planner", name, factory, kwargs)
+    check_factory_kwargs("planner", name, factory, kwargs, section="planner.kwargs")
     planner = factory(**kwargs)
     if not callable(getattr(planner, "plan", None)):
         raise ConfigError(

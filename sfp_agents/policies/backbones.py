@@ -21,7 +21,7 @@ world model's latent grid. Registered (each well under 0.5 M parameters at its d
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -35,6 +35,7 @@ __all__ = [
     "BACKBONES",
     "register_backbone",
     "build_backbone",
+    "check_backbone_kwargs",
     "Backbone",
     "SimVPBackbone",
     "ConvLSTMBackbone",
@@ -418,6 +419,14 @@ register_backbone("fno", FNOBackbone)
 register_backbone("resnet", ResNetBackbone)
 
 
+def check_backbone_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
+    """Raise ConfigError unless the backbone registered as ``name`` takes ``kwargs`` (a config's
+    ``backbone.kwargs``) besides the arguments :func:`build_backbone` passes itself."""
+    fixed = dict.fromkeys(("in_frames", "channels", "height", "width", "downsample", "hidden"))
+    check_factory_kwargs("backbone", name, BACKBONES.get(name), kwargs, fixed=fixed,
+                         section="backbone.kwargs")
+
+
 def build_backbone(
     name: str,
     in_frames: int,
@@ -437,7 +446,7 @@ def build_backbone(
     factory = BACKBONES.get(name)
     args = dict(in_frames=in_frames, channels=channels, height=height, width=width,
                 downsample=downsample, hidden=hidden, **kwargs)
-    check_factory_kwargs("backbone", name, factory, kwargs, fixed=args)
+    check_backbone_kwargs(name, kwargs)
     module = factory(**args)
     out = getattr(module, "out_channels", None)
     if not isinstance(module, nn.Module) or not isinstance(out, int):

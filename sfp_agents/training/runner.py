@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import numpy as np
 import torch
 import yaml
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
@@ -358,7 +358,10 @@ def load_run_config(
         config = replace(config, run_dir=str(args.run_dir))
     if getattr(args, "resume", False):
         path = getattr(config, "resolved_run_dir", None) or config.run_dir
-        if RunDirectory(path, config).latest_state() is None and PartialState().is_main_process:
+        # the launcher's rank, not PartialState(): that would fix the device before the
+        # Accelerator(cpu=...) of the run is built
+        main_process = os.environ.get("RANK", "0") == "0"
+        if RunDirectory(path, config).latest_state() is None and main_process:
             # not an error: job scripts that are requeued pass --resume from the first launch
             print(f"warning: --resume: {str(path)!r} holds no saved state; starting a new run "
                   "there (check the path if you meant to continue a run)", file=sys.stderr)

@@ -59,6 +59,7 @@ from sfp_agents.agent_config import (
 )
 from sfp_agents.planners import Planner, get_planner
 from sfp_agents.planners.base import check_frozen
+from sfp_agents.policies.backbones import check_backbone_kwargs
 from sfp_agents.policies.checkpoint import build_policy, policy_arch, save_agent
 from sfp_agents.training.evaluate import (
     check_windows,
@@ -79,7 +80,7 @@ from sfp_env.envs.forecast_env import resolve_world_model
 from sfp_env.envs.tasks import TaskSpec
 from sfp_env.errors import ConfigError, TrainingError
 from sfp_env.metrics.rewards import Reward, get_reward
-from sfp_env.registry import Registry, check_factory_kwargs
+from sfp_env.registry import Registry
 
 __all__ = [
     "BEST_FILE",
@@ -313,15 +314,7 @@ def check_components(config: AgentRunConfig) -> None:
     """Resolve the backbone and (when the mode plans) the planner with the keyword arguments
     ``config`` gives them, and the training mode; unknown names or arguments raise
     ``RegistryError``/:class:`ConfigError` naming the fix. Cheap: no data, no weights."""
-    from sfp_agents.policies import BACKBONES
-
-    spec = config.task_spec
-    check_factory_kwargs(
-        "backbone", config.backbone.name, BACKBONES.get(config.backbone.name),
-        dict(config.backbone.kwargs),
-        fixed=dict(in_frames=spec.in_frames, channels=1, height=64, width=64, downsample=4,
-                   hidden=None),
-    )
+    check_backbone_kwargs(config.backbone.name, dict(config.backbone.kwargs))
     TRAINING_MODES.get(config.mode)
     if "planner" not in UNUSED_BY_MODE.get(config.mode, ()):
         get_planner(config.planner.name, **dict(config.planner.kwargs))

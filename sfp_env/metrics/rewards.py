@@ -39,7 +39,7 @@ from sfp_env.metrics.categorical import (
 from sfp_env.metrics.heatwave import check_mask, check_threshold, heatwave_contingency
 from sfp_env.metrics.image import sample_ssim
 from sfp_env.metrics.spectrum import energy_spectrum_error, tke_spectrum_error
-from sfp_env.registry import Registry
+from sfp_env.registry import Registry, check_factory_kwargs
 
 __all__ = [
     "RewardFn",
@@ -72,36 +72,24 @@ def build_from_factory(kind: str, name: str, factory: Callable[..., Any], kwargs
     """Call ``factory(**kwargs)`` after checking the kwargs against its signature.
 
     Unknown or missing keyword arguments raise :class:`ConfigError` naming them and listing the
-    accepted ones.
+    accepted ones (:func:`~sfp_env.registry.check_factory_kwargs`); a reward function registered
+    in place of its factory is explained.
     """
-    params = inspect.signature(factory).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        accepted = [
-            n
-            for n, p in params.items()
-            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        ]
-        unknown = sorted(set(kwargs) - set(accepted))
-        if unknown:
-            raise ConfigError(
-                f"{kind} {name!r} does not take {unknown}; it accepts {accepted or 'no options'}",
-                fix=f"remove {unknown} from the {kind} options",
-            )
-        missing = [
-            n for n in accepted if params[n].default is inspect.Parameter.empty and n not in kwargs
-        ]
-        if missing[:2] == ["pred", "truth"]:  # a reward function registered as its factory
-            raise ConfigError(
-                f"{kind} {name!r} was registered as fn(pred, truth); registries take a factory "
-                "that returns it",
-                fix=f"register_{kind}({name!r}, lambda: fn), or a factory whose keyword "
-                "arguments are the options (reward_kwargs) and that returns fn(pred, truth)",
-            )
-        if missing:
-            raise ConfigError(
-                f"{kind} {name!r} needs the options {missing}",
-                fix=f"pass {', '.join(f'{m}=...' for m in missing)}",
-            )
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}  # type: ignore[assignment]
+    required = [n for n, p in params.items()
+                if p.default is inspect.Parameter.empty and n not in kwargs
+                and p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
+    if kind == "reward" and required[:2] == ["pred", "truth"]:
+        raise ConfigError(
+            f"reward {name!r} was registered as fn(pred, truth); the registry takes a factory "
+            "that returns it",
+            fix=f"register_reward({name!r}, lambda: fn), or a factory whose keyword arguments "
+            "are the options (reward_kwargs) and that returns fn(pred, truth)",
+        )
+    check_factory_kwargs(kind, name, factory, kwargs)
     return factory(**kwargs)
 
 

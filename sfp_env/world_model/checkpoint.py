@@ -272,7 +272,8 @@ def load_checkpoint(
     """
     path = Path(path)
     payload = read_torch_file(path, map_location, what="world-model checkpoint",
-                              filename=WORLD_MODEL_FILE, remake=remake or TRAIN_GWM)
+                              filename=WORLD_MODEL_FILE, remake=remake or TRAIN_GWM,
+                              noun="world-model checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         kind = type(payload).__name__
         raise CorruptDataError(
@@ -400,6 +401,6 @@ def check_data_source(
         f"world model {label!r} was trained on {trained!r} data, but task {task!r} uses data "
         f"source {source!r}",
         fix=f"pass {own}a checkpoint trained on {source!r} data (e.g. from `sfp train-gwm "
-        f"--config {task}`); to use this one anyway, load it yourself and pass the "
-        "GenerativeWorldModel object",
+        f"--config {task}`); to use this one anyway (Python only), pass the object "
+        "GenerativeWorldModel.from_pretrained(path) instead of the path",
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sfp_agents.cli import COMMANDS, import_plugins, main
+from sfp_agents.cli import COMMANDS, import_plugins, main, split_plugins
 from sfp_agents.policies import BACKBONES
 from sfp_env.errors import ConfigError
 
@@ -51,6 +51,19 @@ def test_every_command_takes_plugins(command: str, capsys: pytest.CaptureFixture
     assert "--plugins" in capsys.readouterr().out
 
 
+def test_plugins_are_taken_anywhere_up_to_the_next_option_or_override() -> None:
+    assert split_plugins(["--config", "x", "--plugins", "a", "b.c", "k=v", "--cpu"]) == (
+        ["a", "b.c"], ["--config", "x", "k=v", "--cpu"])
+    assert split_plugins(["generate", "sevir", "--plugins=a,b", "--out", "d"]) == (
+        ["a", "b"], ["generate", "sevir", "--out", "d"])
+    assert split_plugins(["--plugins", "a", "--plugins", "b", "pos"]) == (["a", "b", "pos"], [])
+
+
+def test_plugins_are_imported_before_a_subcommand_runs(plugin_dir: Path, capsys) -> None:
+    assert main(["data", "list", "--plugins", "sfp_cli_plugin"]) == 0
+    assert "cli_plugin_net" in BACKBONES
+
+
 def test_plugins_are_imported_from_the_current_folder(plugin_dir: Path) -> None:
     import_plugins(["sfp_cli_plugin"])
     assert "cli_plugin_net" in BACKBONES
@@ -59,6 +72,10 @@ def test_plugins_are_imported_from_the_current_folder(plugin_dir: Path) -> None:
 def test_a_missing_plugin_is_one_clear_error(plugin_dir: Path, capsys) -> None:
     with pytest.raises(ConfigError, match="plug-in module 'no_such_plugin' not found"):
         import_plugins(["no_such_plugin"])
+    # a plug-in that imports a missing module keeps its own error
+    (plugin_dir / "sfp_broken_plugin.py").write_text("import sfp_broken\n")
+    with pytest.raises(ModuleNotFoundError, match="sfp_broken'"):
+        import_plugins(["sfp_broken_plugin"])
     rc = main(["bench", "--plugins", "no_such_plugin"])
     assert rc == 2
     assert "PYTHONPATH" in capsys.readouterr().err

@@ -135,3 +135,17 @@ def test_shape_and_width_validation(wm, inputs: Inputs) -> None:
         get_planner("beam", beam_width=10, top_k=3).plan(*args, inputs.truth)
     with pytest.raises(ConfigError, match="codebook size"):
         get_planner("greedy", top_k=17).plan(*args, inputs.truth)
+
+
+def test_missing_planner_arguments_are_named_apart_from_unknown_ones() -> None:
+    class NeedsHorizon(BeamSearchPlanner):
+        def __init__(self, horizon: int, seed: int = 0) -> None:
+            super().__init__(seed=seed)
+
+    register_planner("needs_horizon_test", NeedsHorizon)
+    try:
+        with pytest.raises(ConfigError, match=r"needs the arguments \['horizon'\]") as err:
+            get_planner("needs_horizon_test")
+        assert "planner.kwargs" in str(err.value) and "invalid" not in str(err.value)
+    finally:
+        PLANNERS.unregister("needs_horizon_test")

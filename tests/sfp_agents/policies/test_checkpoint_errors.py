@@ -80,7 +80,7 @@ def test_a_garbage_world_model_for_an_agent_is_a_checkpoint_error(setup: dict[st
                                                                    tmp_path: Path) -> None:
     junk = tmp_path / "wm.pt"
     junk.write_bytes(b"\x80\x02A not a world model")
-    with pytest.raises(CheckpointError, match="is not a readable sfp checkpoint") as err:
+    with pytest.raises(CheckpointError, match="is not a readable world-model checkpoint") as err:
         load_agent(setup["agent"], world_model=str(junk))
     assert "weights_only" not in str(err.value)
 

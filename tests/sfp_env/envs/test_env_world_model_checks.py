@@ -98,5 +98,5 @@ def test_a_garbage_checkpoint_file_is_a_checkpoint_error(env_kwargs, tmp_path):
     with pytest.raises(CheckpointError) as err:
         gym.make("SFP-NSE-v0", world_model=str(garbage), **_kwargs(env_kwargs, "nse"))
     assert isinstance(err.value, CorruptDataError)
-    assert "is not a readable sfp checkpoint" in str(err.value)
+    assert "is not a readable world-model checkpoint" in str(err.value)
     assert "weights_only" not in str(err.value)

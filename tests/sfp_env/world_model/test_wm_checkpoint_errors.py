@@ -57,7 +57,7 @@ def test_a_garbage_file_is_a_checkpoint_error_without_weights_only_advice(conten
         GenerativeWorldModel.from_pretrained(garbage)
     assert isinstance(err.value, CorruptDataError)  # older ``except CorruptDataError`` still work
     message = str(err.value)
-    assert f"{str(garbage)!r} is not a readable sfp checkpoint (" in message
+    assert f"{str(garbage)!r} is not a readable world-model checkpoint (" in message
     assert "weights_only" not in message and "arbitrary code" not in message
     assert err.value.__cause__ is None and err.value.__suppress_context__  # torch's advice hidden
     assert "re-download" in err.value.fix and "sfp train-gwm" in err.value.fix
@@ -70,7 +70,7 @@ def test_a_garbage_shipped_name_names_its_command(tiny_model, tmp_path):
     path.write_bytes(b"\x80\x02junk")
     register_pretrained("_test_broken", path, command="make-broken --again")
     try:
-        with pytest.raises(CheckpointError, match="not a readable sfp checkpoint") as err:
+        with pytest.raises(CheckpointError, match="not a readable world-model checkpoint") as err:
             GenerativeWorldModel.from_pretrained("_test_broken")
         assert "make-broken --again" in err.value.fix
     finally:
