@@ -65,7 +65,8 @@ class SuiteConfig:
             its factory's defaults (the Stage-2 config's kwargs belong to its own backbone).
         planner_kwargs: ``planner.kwargs`` per planner name; a planner not listed keeps the
             Stage-2 config's ``planner.kwargs`` when it is that config's own planner (they were
-            written for it) and runs with its factory's defaults otherwise.
+            written for it) and runs with its factory's defaults otherwise (in both cases any
+            ``planner.kwargs`` set in ``overrides``/``task_overrides`` are replaced for it).
         panels: write a PNG panel per task (first backbone, first seed).
     """
 

@@ -79,7 +79,7 @@ from sfp_agents.training.runner import (
 from sfp_env.envs.forecast_env import resolve_world_model
 from sfp_env.envs.tasks import TaskSpec
 from sfp_env.errors import ConfigError, TrainingError
-from sfp_env.metrics.rewards import Reward, get_reward
+from sfp_env.metrics.rewards import REWARDS, Reward, get_reward
 from sfp_env.registry import Registry
 
 __all__ = [
@@ -312,12 +312,14 @@ def _task_reward(config: AgentRunConfig, spec: TaskSpec, dataset: Dataset) -> Re
 
 def check_components(config: AgentRunConfig) -> None:
     """Resolve the backbone and (when the mode plans) the planner with the keyword arguments
-    ``config`` gives them, and the training mode; unknown names or arguments raise
+    ``config`` gives them, the training mode and the reward's name; unknown names or arguments raise
     ``RegistryError``/:class:`ConfigError` naming the fix. Cheap: no data, no weights."""
     check_backbone_kwargs(config.backbone.name, dict(config.backbone.kwargs))
     TRAINING_MODES.get(config.mode)
     if "planner" not in UNUSED_BY_MODE.get(config.mode, ()):
         get_planner(config.planner.name, **dict(config.planner.kwargs))
+    if config.reward is not None:  # its options may need the data: checked when built
+        REWARDS.get(config.reward)
 
 
 def train_agent(

@@ -99,11 +99,11 @@ def test_plugin_backbone_reaches_train_agent_by_name(plugin_dir: Path, capsys) -
     assert not run_dir.exists()  # nothing written: the corrected command can use the folder
 
 
-def test_unknown_backbone_names_the_plugins_option(tmp_path: Path, capsys) -> None:
-    rc = main(["train-agent", "--config", "sevir", "backbone.name=not_registered",
-               "--run-dir", str(tmp_path / "run")])
+@pytest.mark.parametrize("override", ["backbone.name=not_registered", "reward=not_registered"])
+def test_unknown_names_fail_before_the_run_folder(tmp_path: Path, capsys, override: str) -> None:
+    rc = main(["train-agent", "--config", "sevir", override, "--run-dir", str(tmp_path / "run")])
     assert rc == 2
-    assert "--plugins" in capsys.readouterr().err
+    assert "'not_registered'" in (err := capsys.readouterr().err) and "--plugins" in err
     assert not (tmp_path / "run").exists()
 
 
