@@ -20,7 +20,7 @@ differences to random and to rank 0, paired by sample, are printed with their st
 Usage::
 
     python examples/ppo_sevir.py                      # shipped world model, embedded data
-    python examples/ppo_sevir.py --timesteps 8192 --k 8
+    python examples/ppo_sevir.py --timesteps 4096    # shorter (about 7 min), weaker: README
     python examples/ppo_sevir.py --tiny               # 16x16 data, random weights (smoke)
 """
 
@@ -120,7 +120,7 @@ def paired(a: np.ndarray, b: np.ndarray) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--timesteps", type=int, default=4096, help="PPO training env steps")
+    parser.add_argument("--timesteps", type=int, default=16384, help="PPO training env steps")
     parser.add_argument("--k", type=int, default=8, help="codes to choose from per cell")
     parser.add_argument("--episodes", type=int, default=0,
                         help="evaluation episodes: the first N samples of the split (0: all)")
