@@ -37,7 +37,7 @@ from sfp_env import __version__
 from sfp_env.config import config_diff, to_dict
 from sfp_env.errors import CheckpointError, ConfigError, CorruptDataError, MissingDataError
 from sfp_env.registry import Registry
-from sfp_env.world_model.checkpoint import folder_error, read_torch_file, save_atomic
+from sfp_env.world_model.checkpoint import read_torch_file, save_atomic
 
 __all__ = [
     "AGENT_FORMAT",
@@ -289,9 +289,7 @@ def _read(path: str | Path, map_location: str | torch.device) -> dict[str, Any]:
     """The checked payload of the agent checkpoint ``path`` (a folder, a missing or unreadable
     file raise sfp errors naming the file to pass or how to re-create it)."""
     path = Path(path)
-    if path.is_dir():
-        raise folder_error(path, AGENT_FILE, what="agent checkpoint", command=_TRAIN_AGENT)
-    if not path.is_file():
+    if not path.exists():  # a folder is read_torch_file's to explain (it names the file)
         raise MissingDataError(
             f"agent checkpoint {str(path)!r} does not exist",
             fix="pass the agent.pt written by sfp train-agent (run_dir/best/agent.pt)",

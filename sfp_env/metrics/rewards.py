@@ -72,25 +72,30 @@ def build_from_factory(kind: str, name: str, factory: Callable[..., Any], kwargs
     """Call ``factory(**kwargs)`` after checking the kwargs against its signature.
 
     Unknown or missing keyword arguments raise :class:`ConfigError` naming them and listing the
-    accepted ones (:func:`~sfp_env.registry.check_factory_kwargs`); a reward function registered
-    in place of its factory is explained.
+    accepted ones (:func:`~sfp_env.registry.check_factory_kwargs`).
     """
+    check_factory_kwargs(kind, name, factory, kwargs)
+    return factory(**kwargs)
+
+
+def _check_not_a_bare_reward(name: str, factory: Callable[..., Any], kwargs: Mapping) -> None:
+    """Explain a reward function ``fn(pred, truth)`` registered in place of its factory (its
+    first required arguments would otherwise be reported as missing options)."""
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
-        params = {}  # type: ignore[assignment]
+        return
+    variadic = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
     required = [n for n, p in params.items()
                 if p.default is inspect.Parameter.empty and n not in kwargs
-                and p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
-    if kind == "reward" and required[:2] == ["pred", "truth"]:
+                and p.kind not in variadic]
+    if required[:2] == ["pred", "truth"]:
         raise ConfigError(
             f"reward {name!r} was registered as fn(pred, truth); the registry takes a factory "
             "that returns it",
             fix=f"register_reward({name!r}, lambda: fn), or a factory whose keyword arguments "
             "are the options (reward_kwargs) and that returns fn(pred, truth)",
         )
-    check_factory_kwargs(kind, name, factory, kwargs)
-    return factory(**kwargs)
 
 
 class Reward:
@@ -151,6 +156,7 @@ def get_reward(name_or_callable: str | RewardFn | Reward, **kwargs: Any) -> Rewa
         return name_or_callable
     if isinstance(name_or_callable, str):
         factory = REWARDS.get(name_or_callable)
+        _check_not_a_bare_reward(name_or_callable, factory, kwargs)
         fn = build_from_factory("reward", name_or_callable, factory, kwargs)
         return Reward(fn, name_or_callable, kwargs)
     if callable(name_or_callable):

@@ -58,14 +58,7 @@ def test_a_world_model_object_is_not_checked(env_kwargs, tmp_path):
     assert env.world_model is model
 
 
-def _shipped(*names: str) -> None:
-    missing = [n for n in names if not PRETRAINED[n].path.is_file()]
-    if missing:
-        pytest.skip(f"shipped world model(s) {missing} not on disk")
-
-
 def test_shipped_world_model_of_another_task_is_refused(tmp_path):
-    _shipped("mhw", "nse")
     nse_data = write_nse(tmp_path / "nse64", samples=1, size=64)
     with pytest.raises(CheckpointError, match="trained on 'mhw' data, but task 'nse'"):
         gym.make("SFP-NSE-v0", world_model=str(PRETRAINED["mhw"].path), data_dir=nse_data)
