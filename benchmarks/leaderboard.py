@@ -67,6 +67,8 @@ class SuiteConfig:
             Stage-2 config's ``planner.kwargs`` when it is that config's own planner (they were
             written for it) and runs with its factory's defaults otherwise (in both cases any
             ``planner.kwargs`` set in ``overrides``/``task_overrides`` are replaced for it).
+        references: reference forecasts scored on the same test episodes, untrained (names in
+            ``sfp_agents.policies.references.REFERENCE_FORECASTS``, e.g. "persistence").
         panels: write a PNG panel per task (first backbone, first seed).
     """
 
@@ -80,6 +82,7 @@ class SuiteConfig:
     task_overrides: dict[str, list[str]] = field(default_factory=dict)
     backbone_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     planner_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    references: list[str] = field(default_factory=lambda: ["persistence"])
     panels: bool = True
 
 
@@ -205,8 +208,11 @@ def check_rows(suite: SuiteConfig, data_roots: Mapping[str, str] | None = None) 
     """Build every row's config and the components it names before anything is trained, so a
     bad task, backbone or planner name, or planner arguments a planner does not take, fail in
     seconds rather than after the first trainings (:class:`ConfigError` / ``RegistryError``)."""
+    from sfp_agents.policies.references import REFERENCE_FORECASTS
     from sfp_agents.training.self_train import check_components
 
+    for name in suite.references:
+        REFERENCE_FORECASTS.get(name)  # RegistryError listing the references
     for task in suite.tasks:
         get_task(task)  # RegistryError listing the tasks
         for backbone in suite.backbones:
@@ -278,6 +284,25 @@ def _run_one(
     }
 
 
+def _score_reference(task: str, name: str, suite: SuiteConfig, *, accelerator: Any,
+                     data_roots: Mapping[str, str]) -> dict[str, Any]:
+    """Score the untrained reference forecast ``name`` on the test episodes (and data: the
+    rows' ``data_root`` and ``data_kwargs``) the rows are scored on."""
+    from sfp_agents.policies.references import build_reference
+    from sfp_agents.training.evaluate import evaluate_agent
+
+    rows = row_config(task, suite.backbones[0], None, suite.seeds[0], suite, Path("."),
+                      data_roots.get(task))
+    t0 = time.perf_counter()
+    metrics = evaluate_agent(
+        build_reference(name, get_task(task)), task, split="test", episodes=suite.episodes,
+        batch_size=suite.eval_batch_size, accelerator=accelerator,
+        data_root=rows.data_root, data_kwargs=rows.data_kwargs,
+    )
+    return {"task": task, "name": name, "metrics": {k: float(v) for k, v in metrics.items()},
+            "eval_wall_s": round(time.perf_counter() - t0, 2)}
+
+
 def run_suite(
     name: str, suite: SuiteConfig, *, out_dir: Path = RESULTS_DIR, run_root: Path | None = None,
     data_roots: Mapping[str, str] | None = None, command: str | None = None,
@@ -302,6 +327,11 @@ def run_suite(
                         task, backbone, planner, seed, suite, run_root=run_root,
                         accelerator=accelerator, data_roots=data_roots or {}, reuse=resume,
                     ))
+    references = [
+        _score_reference(task, ref, suite, accelerator=accelerator,
+                         data_roots=data_roots or {})
+        for task in suite.tasks for ref in suite.references
+    ]
     results = {
         "schema_version": SCHEMA_VERSION,
         "suite": name,
@@ -325,6 +355,7 @@ def run_suite(
             for t in suite.tasks
         },
         "runs": runs,
+        "references": references,
         "wall_time_s": round(time.perf_counter() - t0, 1),
     }
     results["summary"] = summarize(results)
@@ -415,6 +446,7 @@ def summarize(results: Mapping[str, Any]) -> dict[str, Any]:
             meets_dom = bool(avg_dom >= target) if mode == "max" else bool(avg_dom <= target)
             distance = (target - avg_dom) if mode == "max" else (avg_dom - target)
         summary["tasks"][task] = {
+            "references": _reference_summary(results, task, task_rows, dom, mode),
             "domain_metric": dom, "domain_mode": mode,
             "avg_rel_change_domain": avg_dom, "avg_rel_change_mse": avg_mse,
             "paper_target": target, "distance_to_target": distance,
@@ -424,6 +456,26 @@ def summarize(results: Mapping[str, Any]) -> dict[str, Any]:
             "rows": len(task_rows),
         }
     return summary
+
+
+def _reference_summary(results: Mapping[str, Any], task: str, rows: Sequence[Mapping[str, Any]],
+                       dom: str, mode: str) -> dict[str, Any]:
+    """Per reference forecast of ``task``: its metrics and how many rows' baseline and +SFP
+    means beat it on the domain metric (a results file without references gives ``{}``)."""
+    out: dict[str, Any] = {}
+    for ref in (r for r in results.get("references", []) if r["task"] == task):
+        value = float(ref["metrics"].get(dom, float("nan")))
+
+        def beats(stat: Mapping[str, float], value: float = value) -> bool:
+            m = stat.get("mean", float("nan"))
+            return bool(m > value) if mode == "max" else bool(m < value)
+
+        out[ref["name"]] = {
+            "metrics": dict(ref["metrics"]),
+            "rows_baseline_better": sum(beats(r["baseline"].get(dom, {})) for r in rows),
+            "rows_sfp_better": sum(beats(r["sfp"].get(dom, {})) for r in rows),
+        }
+    return out
 
 
 def _fmt(stat: Mapping[str, float] | None, digits: int = 4, spread: bool = True) -> str:
@@ -516,6 +568,16 @@ def render_markdown(results: Mapping[str, Any]) -> str:
                else ""),
             "",
         ]
+        for name, ref in t.get("references", {}).items():
+            shown = [c for c in cols if c in ref["metrics"]]
+            lines += [
+                f"Reference `{name}` (no training; the same test episodes): "
+                + ", ".join(f"{c} {_fmt({'mean': ref['metrics'][c]}, spread=False)}"
+                            for c in shown)
+                + f". Better than it on {dom}: baseline {ref['rows_baseline_better']}/"
+                f"{t['rows']} rows, +SFP {ref['rows_sfp_better']}/{t['rows']} rows.",
+                "",
+            ]
         if task == "sevir":
             lines += _per_threshold_table(results, summary, task)
     lines += _training_check_lines(results)

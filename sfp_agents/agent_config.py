@@ -36,7 +36,9 @@ AGENT_MODES: tuple[str, ...] = ("sfp", "baseline")
 
 #: top-level config sections a mode never reads: the baseline trains without a planner or the
 #: SFP loss weights, so a change there does not change its training
-UNUSED_BY_MODE: dict[str, tuple[str, ...]] = {"sfp": (), "baseline": ("planner", "loss")}
+UNUSED_BY_MODE: dict[str, tuple[str, ...]] = {
+    "sfp": (), "baseline": ("planner", "loss", "intention"),
+}
 
 #: config keys that may change when a run is resumed (length, checkpoint and logging cadence)
 RESUMABLE_KEYS: tuple[str, ...] = (
@@ -84,6 +86,24 @@ class PlannerConfig:
     def __post_init__(self) -> None:
         _require("PlannerConfig", "name", isinstance(self.name, str) and bool(self.name),
                  self.name, "a planner name such as 'beam'")
+
+
+@dataclass
+class IntentionConfig:
+    """How the SFP agent forms its intentions (unused in baseline mode).
+
+    ``base``: a name in ``sfp_agents.policies.INTENTION_BASES``; every chunk's action is
+    ``tanh(head output + atanh(base))``. "zero": the head alone. "latent_persistence": the
+    frozen world model's encoder latent of the last observed chunk, so the untrained agent
+    forecasts "the next chunks look like the last one" and training learns the change
+    (chosen on validation for NSE and MHW, ``benchmarks/NOTES.md``).
+    """
+
+    base: str = "zero"
+
+    def __post_init__(self) -> None:
+        _require("IntentionConfig", "base", isinstance(self.base, str) and bool(self.base),
+                 self.base, "an intention-base name such as 'zero' or 'latent_persistence'")
 
 
 @dataclass
@@ -196,7 +216,7 @@ class AgentRunConfig:
             Frozen during training; in baseline mode it only fixes the backbone's downsample.
         reward: reward name for planning; None means the task's reward (with its options).
         reward_kwargs: options of ``reward`` (added to the task's when ``reward`` is None).
-        backbone, planner, loss, optim, train: see the section classes.
+        backbone, planner, intention, loss, optim, train: see the section classes.
     """
 
     CONFIG_PREFIX: ClassVar[str] = "agent"
@@ -211,6 +231,7 @@ class AgentRunConfig:
     reward_kwargs: dict[str, Any] = field(default_factory=dict)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
+    intention: IntentionConfig = field(default_factory=IntentionConfig)
     loss: SFPLossConfig = field(default_factory=SFPLossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: AgentTrainConfig = field(default_factory=AgentTrainConfig)

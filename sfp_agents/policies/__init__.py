@@ -2,13 +2,19 @@
 
 ``build_backbone(name, in_frames, channels, height, width, downsample=4)`` builds a registered
 backbone ("simvp", "convlstm", "fno", "resnet"); ``register_backbone(name, factory)`` adds yours.
-:class:`ForecasterPolicy` is the SFP agent; :class:`SupervisedForecaster` the MSE baseline.
+:class:`ForecasterPolicy` is the SFP agent (its intention base from ``INTENTION_BASES``,
+``register_intention_base`` adds yours); :class:`SupervisedForecaster` the MSE baseline.
 """
 
 from __future__ import annotations
 
 from sfp_agents.policies.backbones import BACKBONES, build_backbone, register_backbone
-from sfp_agents.policies.forecaster import ForecasterPolicy, SupervisedForecaster
+from sfp_agents.policies.forecaster import (
+    INTENTION_BASES,
+    ForecasterPolicy,
+    SupervisedForecaster,
+    register_intention_base,
+)
 
 __all__ = [
     "BACKBONES",
@@ -16,4 +22,6 @@ __all__ = [
     "register_backbone",
     "ForecasterPolicy",
     "SupervisedForecaster",
+    "INTENTION_BASES",
+    "register_intention_base",
 ]

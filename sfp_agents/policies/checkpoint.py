@@ -6,7 +6,7 @@ An agent checkpoint is one file, ``torch.save`` of a plain dict (read with
     {"format": "sfp.agent", "format_version": 1, "package_version": "0.1.0",
      "mode": "sfp" | "baseline", "task": "sevir",
      "arch": {backbone, backbone_kwargs, in_frames, out_frames, chunk_frames, channels,
-              height, width, downsample, seed},
+              height, width, downsample, seed, intention_base},
      "world_model": {"config": {...}, "state_hash": "...", "source": "sevir", "path": "..."}
                     | None,
      "config": {...the run config...}, "metrics": {...}, "state_dict": {...}}
@@ -64,8 +64,11 @@ _TRAIN_AGENT = "sfp train-agent --config <task>"
 #: keys of an architecture dict (see :func:`policy_arch`)
 ARCH_KEYS: tuple[str, ...] = (
     "backbone", "backbone_kwargs", "in_frames", "out_frames", "chunk_frames", "channels",
-    "height", "width", "downsample", "seed",
+    "height", "width", "downsample", "seed", "intention_base",
 )
+
+#: architecture keys added after the first checkpoints, with the value those checkpoints mean
+ARCH_DEFAULTS: dict[str, Any] = {"intention_base": "zero"}
 
 #: the fingerprint fields a world model must match (``source``/``path`` only say where it was)
 _MATCHED_FINGERPRINT = ("config", "state_hash")
@@ -113,7 +116,8 @@ def _build_sfp(backbone: nn.Module, arch: Mapping[str, Any], world_model: Any) -
             f"decodes chunks of {wm_chunk} frames",
             fix="use the world model the agent was built for (the task's chunk_frames)",
         )
-    return ForecasterPolicy(backbone, world_model, steps=_steps(arch))
+    return ForecasterPolicy(backbone, world_model, steps=_steps(arch),
+                            intention_base=str(arch["intention_base"]))
 
 
 def _build_baseline(backbone: nn.Module, arch: Mapping[str, Any], world_model: Any) -> nn.Module:
@@ -141,8 +145,10 @@ def policy_arch(
     frame_shape: tuple[int, int, int],
     downsample: int,
     seed: int = 0,
+    intention_base: str = "zero",
 ) -> dict[str, Any]:
-    """The architecture dict stored in checkpoints; ``frame_shape`` is ``(C, H, W)``."""
+    """The architecture dict stored in checkpoints; ``frame_shape`` is ``(C, H, W)``;
+    ``intention_base`` (a name in ``INTENTION_BASES``) is read by SFP agents only."""
     c, h, w = (int(v) for v in frame_shape)
     return {
         "backbone": str(backbone),
@@ -155,6 +161,7 @@ def policy_arch(
         "width": w,
         "downsample": int(downsample),
         "seed": int(seed),
+        "intention_base": str(intention_base),
     }
 
 
@@ -167,6 +174,7 @@ def build_policy(mode: str, arch: Mapping[str, Any], world_model: Any = None) ->
     :func:`save_agent` stores.
     """
     kind = POLICY_KINDS.get(mode)
+    arch = {**ARCH_DEFAULTS, **arch}
     missing = [k for k in ARCH_KEYS if k not in arch]
     if missing:
         raise ConfigError(

@@ -12,6 +12,7 @@ in eval mode.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -19,8 +20,52 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sfp_env.errors import ConfigError, ShapeError
+from sfp_env.registry import Registry
 
-__all__ = ["ForecasterPolicy", "SupervisedForecaster", "freeze_world_model"]
+__all__ = [
+    "ForecasterPolicy",
+    "SupervisedForecaster",
+    "freeze_world_model",
+    "INTENTION_BASES",
+    "IntentionBase",
+    "register_intention_base",
+]
+
+#: ``fn(world_model, context [B, T_in, C, H, W]) -> base actions [B, D, h, w] in [-1, 1]``, or
+#: None for no base; called without gradients
+IntentionBase = Callable[[Any, Tensor], "Tensor | None"]
+
+#: name -> :data:`IntentionBase`: what the SFP agent's head adds its output to
+INTENTION_BASES: Registry[IntentionBase] = Registry("intention_base")
+
+#: base actions are clipped to +-this before ``atanh`` (atanh(0.995) ~ 3, a finite
+#: pre-activation the head can still move both ways)
+BASE_ACTION_LIMIT = 0.995
+
+
+def register_intention_base(name: str, fn: IntentionBase, *, overwrite: bool = False
+                            ) -> IntentionBase:
+    """Register ``fn(world_model, context) -> base actions [B, D, h, w] or None`` as ``name``
+    (``intention.base`` in an agent config)."""
+    INTENTION_BASES.register(name, fn, overwrite=overwrite)
+    return fn
+
+
+def _zero_base(world_model: Any, context: Tensor) -> None:
+    """No base: the intention is the head's output alone."""
+    return None
+
+
+def _latent_persistence(world_model: Any, context: Tensor) -> Tensor:
+    """The world model's encoder latent of the last observed chunk (the last ``T_f`` frames of
+    ``context``), as an action: an untrained head forecasts "the next chunks look like the last
+    one does to the encoder", and training learns the change from it."""
+    t_f = int(world_model.config.chunk_frames)
+    return world_model.latent_to_action(world_model.encode(context[:, -t_f:]))
+
+
+register_intention_base("zero", _zero_base)
+register_intention_base("latent_persistence", _latent_persistence)
 
 
 def freeze_world_model(world_model: Any) -> Any:
@@ -51,10 +96,17 @@ class ForecasterPolicy(nn.Module):
             model's latent resolution ``(h, w)``.
         world_model: a ``GenerativeWorldModel`` (frozen here; not registered as a submodule).
         steps: S, the number of lead-time chunks (``T_out = S * chunk_frames``).
+        intention_base: a name in :data:`INTENTION_BASES`. The actions are
+            ``tanh(head(features) + atanh(base))`` for every chunk: "zero" gives
+            ``tanh(head(features))``; "latent_persistence" starts every chunk's intention from
+            the world model's latent of the last observed chunk.
     """
 
-    def __init__(self, backbone: nn.Module, world_model: Any, steps: int) -> None:
+    def __init__(self, backbone: nn.Module, world_model: Any, steps: int,
+                 intention_base: str = "zero") -> None:
         super().__init__()
+        self.intention_base = intention_base
+        self._base_fn = INTENTION_BASES.get(intention_base)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ConfigError(
                 f"ForecasterPolicy: steps must be a positive integer, got {steps!r}",
@@ -101,13 +153,20 @@ class ForecasterPolicy(nn.Module):
         return self
 
     def actions(self, context: Tensor) -> Tensor:
-        """``[B, T_in, C, H, W]`` -> actions ``[B, S, D, h, w]`` in [-1, 1] (tanh)."""
+        """``[B, T_in, C, H, W]`` -> actions ``[B, S, D, h, w]`` in [-1, 1] (tanh), each chunk's
+        the head's output added to the intention base (see the class docstring)."""
         features = self.backbone(context)
         _check_features(
             "ForecasterPolicy", features, (self.backbone.out_channels, *self.latent_shape[1:])
         )
-        out = torch.tanh(self.head(features))
-        return out.view(out.shape[0], self.steps, *self.latent_shape)
+        out = self.head(features)
+        out = out.view(out.shape[0], self.steps, *self.latent_shape)
+        with torch.no_grad():
+            base = self._base_fn(self._world_model, context)
+        if base is not None:
+            limit = BASE_ACTION_LIMIT
+            out = out + torch.atanh(base.to(out.dtype).clamp(-limit, limit)).unsqueeze(1)
+        return torch.tanh(out)
 
     def intentions(self, context: Tensor) -> Tensor:
         """Latent intentions ``[B, S, D, h, w]`` = ``world_model.action_to_latent(actions)``."""

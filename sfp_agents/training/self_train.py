@@ -61,6 +61,7 @@ from sfp_agents.planners import Planner, get_planner
 from sfp_agents.planners.base import check_frozen
 from sfp_agents.policies.backbones import check_backbone_kwargs
 from sfp_agents.policies.checkpoint import build_policy, policy_arch, save_agent
+from sfp_agents.policies.forecaster import INTENTION_BASES
 from sfp_agents.training.evaluate import (
     check_windows,
     suite_metrics,
@@ -318,6 +319,8 @@ def check_components(config: AgentRunConfig) -> None:
     TRAINING_MODES.get(config.mode)
     if "planner" not in UNUSED_BY_MODE.get(config.mode, ()):
         get_planner(config.planner.name, **dict(config.planner.kwargs))
+    if "intention" not in UNUSED_BY_MODE.get(config.mode, ()):
+        INTENTION_BASES.get(config.intention.base)
     if config.reward is not None:  # its options may need the data: checked when built
         REWARDS.get(config.reward)
 
@@ -378,6 +381,8 @@ def train_agent(
         in_frames=spec.in_frames, out_frames=spec.out_frames, chunk_frames=spec.chunk_frames,
         frame_shape=frame_shape, downsample=int(world_model.config.downsample),
         seed=train_cfg.seed,
+        intention_base=("zero" if "intention" in UNUSED_BY_MODE.get(config.mode, ())
+                        else config.intention.base),
     )
     policy = build_policy(config.mode, arch, world_model)
     reward = _task_reward(config, spec, train_full)

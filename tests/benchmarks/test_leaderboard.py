@@ -81,7 +81,8 @@ def test_json_schema_and_files(results: tuple[dict, Path, dict]) -> None:
     out, out_dir, _ = results
     on_disk = json.loads((out_dir / "smoke.json").read_text())
     for key in ("schema_version", "suite", "command", "package_version", "git_commit", "hardware",
-                "config", "tasks", "runs", "summary", "wall_time_s", "created_utc"):
+                "config", "tasks", "runs", "references", "summary", "wall_time_s",
+                "created_utc"):
         assert key in on_disk, key
     assert on_disk["suite"] == "smoke" and on_disk["config"]["seeds"] == [0, 1]
     # one baseline + one +SFP run per (task, backbone, seed)
@@ -114,6 +115,38 @@ def test_markdown_is_generated_from_the_json(results: tuple[dict, Path, dict]) -
     on_disk.pop("summary")
     assert render_markdown(on_disk) != md
     assert "Reproduce: `sfp leaderboard --suite smoke`" in md
+
+
+def test_persistence_is_scored_on_the_same_episodes_and_compared(
+    results: tuple[dict, Path, dict],
+) -> None:
+    out, out_dir, _ = results
+    (ref,) = out["references"]
+    assert ref["task"] == "sevir" and ref["name"] == "persistence"
+    # the reference is the last observed frame held: scored like an agent on the same split
+    from sfp_agents.policies.references import Persistence
+    from sfp_agents.training.evaluate import evaluate_agent
+    direct = evaluate_agent(Persistence(12), "sevir", split="test", batch_size=4,
+                            data_kwargs={"embedded": {"n_train": 2, "n_val": 1, "n_test": 1,
+                                                      "size": 16}})
+    assert ref["metrics"] == pytest.approx(direct, nan_ok=True)
+    # the summary counts the rows that beat it on the domain metric
+    task = out["summary"]["tasks"]["sevir"]["references"]["persistence"]
+    rows = [r for r in out["summary"]["rows"] if r["task"] == "sevir"]
+    value = ref["metrics"]["csi_m"]
+    assert task["rows_sfp_better"] == sum(r["sfp"]["csi_m"]["mean"] > value for r in rows)
+    assert task["rows_baseline_better"] == sum(
+        r["baseline"]["csi_m"]["mean"] > value for r in rows)
+    md = (out_dir / "smoke.md").read_text()
+    assert "Reference `persistence` (no training; the same test episodes): csi_m " in md
+    # moving the reference above every row changes the counts in the table
+    higher = json.loads(json.dumps(out))
+    higher.pop("summary")
+    higher["references"][0]["metrics"]["csi_m"] = 2.0
+    assert "csi_m: baseline 0/2 rows, +SFP 0/2 rows." in render_markdown(higher)
+    # a results file written before references existed still renders
+    older = {k: v for k, v in higher.items() if k != "references"}
+    assert "Reference `" not in render_markdown(older)
 
 
 def test_plugin_backbone_appears_as_a_row(results: tuple[dict, Path, dict]) -> None:
