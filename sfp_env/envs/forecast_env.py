@@ -751,12 +751,11 @@ class ForecastEnv(gym.Env):
                 "split/index": f"{self._episode_split}/{self._index}",
                 "step": f"{self._step}/{self.horizon_steps}",
                 "lead time": f"{frames} frames = {lead:g} {self.task.time_unit}",
-                "reward": None
-                if self._last_reward is None
-                else f"{self._last_reward:.4f} ({self.core.reward.name})",
+                "reward": self._last_reward,
                 "done": self._done,
                 "metrics": self._last_scores,
-            }
+            },
+            reward_name=self.core.reward.name,
         )
 
     def close(self) -> None:

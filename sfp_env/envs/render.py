@@ -22,7 +22,6 @@ says so (:data:`REWARD_METRIC_NOTES`).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -275,32 +274,28 @@ REWARD_METRIC_NOTES: dict[str, tuple[str, str, str]] = {
     ),
 }
 
-#: the reward entry as the environments write it: ``"<value> (<reward name>)"``
-_REWARD_TEXT = re.compile(r"^(?P<value>.*\S)\s+\((?P<name>[^()]+)\)$")
-
-
-def _reward_note(summary: Mapping[str, object]) -> tuple[str, str, tuple[str, str, str]] | None:
-    """``(summary key of the metrics, reward name, notes)`` when the reward and a metric share
-    a name that :data:`REWARD_METRIC_NOTES` explains."""
-    reward = summary.get("reward")
-    match = _REWARD_TEXT.match(reward) if isinstance(reward, str) else None
-    if match is None or match["name"] not in REWARD_METRIC_NOTES:
+def _reward_note(summary: Mapping[str, object], reward_name: str | None
+                 ) -> tuple[str, tuple[str, str, str]] | None:
+    """``(summary key of the metrics, notes)`` when the reward ``reward_name`` and a metric of
+    the summary share a name that :data:`REWARD_METRIC_NOTES` explains."""
+    if reward_name not in REWARD_METRIC_NOTES:
         return None
     for key, value in summary.items():
-        if isinstance(value, Mapping) and match["name"] in value:
-            return key, match["name"], REWARD_METRIC_NOTES[match["name"]]
+        if isinstance(value, Mapping) and reward_name in value:
+            return key, REWARD_METRIC_NOTES[reward_name]
     return None
 
 
-def render_ansi(summary: Mapping[str, object]) -> str:
+def render_ansi(summary: Mapping[str, object], reward_name: str | None = None) -> str:
     """Terminal summary of an episode: one ``key: value`` line per entry, metrics indented.
 
-    ``summary`` holds e.g. task, split, index, step, lead time, last reward (``"<value>
-    (<reward name>)"``) and a ``metrics`` mapping of per-metric scores of the last chunk. When
-    the reward and a metric share a name but not a definition (:data:`REWARD_METRIC_NOTES`, e.g.
-    ``csi_m``), both lines say how each treats thresholds without events.
+    ``summary`` holds e.g. task, split, index, step, lead time, the last reward (a float, or
+    None before the first step) and a ``metrics`` mapping of per-metric scores of the last
+    chunk. ``reward_name`` is shown after the reward; when the reward and a metric share a name
+    but not a definition (:data:`REWARD_METRIC_NOTES`, e.g. ``csi_m``), both lines say how each
+    treats thresholds without events.
     """
-    noted = _reward_note(summary)
+    noted = _reward_note(summary, reward_name)
     lines = []
     for key, value in summary.items():
         if isinstance(value, Mapping):
@@ -308,17 +303,15 @@ def render_ansi(summary: Mapping[str, object]) -> str:
             if not value:
                 lines.append("  (none yet)")
             for k, v in value.items():
-                note = ""
-                if noted is not None and key == noted[0] and k == noted[1]:
-                    note = f" ({noted[2][1]})"
+                note = f" ({noted[1][1]})" if noted and key == noted[0] and k == reward_name else ""
                 lines.append(f"  {k:<16} {_fmt(v)}{note}")
-        elif key == "reward" and noted is not None:
-            match = _REWARD_TEXT.match(str(value))
-            lines.append(f"{key:<18} {match['value']} ({match['name']}: {noted[2][0]})")
+        elif key == "reward" and reward_name is not None and value is not None:
+            note = f": {noted[1][0]}" if noted else ""
+            lines.append(f"{key:<18} {_fmt(value)} ({reward_name}{note})")
         else:
             lines.append(f"{key:<18} {_fmt(value)}")
-    if noted is not None and noted[2][2]:
-        lines.append(f"({noted[2][2]})")
+    if noted is not None and noted[1][2]:
+        lines.append(f"({noted[1][2]})")
     return "\n".join(lines) + "\n"
 
 

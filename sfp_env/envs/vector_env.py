@@ -405,13 +405,14 @@ class BatchedForecastVectorEnv(VectorEnv):
                             f"{self.task.time_unit}",
                             "reward": None
                             if np.isnan(self._last_reward[i])
-                            else f"{self._last_reward[i]:.4f} ({self.core.reward.name})",
+                            else float(self._last_reward[i]),
                             "metrics": {
                                 k: float(v[i])
                                 for k, v in self._last_scores.items()
                                 if self._has_pred[i]
                             },
-                        }
+                        },
+                        reward_name=self.core.reward.name,
                     )
                 )
         return tuple(out)

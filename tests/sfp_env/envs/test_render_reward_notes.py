@@ -10,7 +10,8 @@ from sfp_env.envs.render import REWARD_METRIC_NOTES, render_ansi
 
 def test_csi_m_reward_and_metric_lines_are_annotated():
     text = render_ansi(
-        {"reward": "0.3783 (csi_m)", "done": False, "metrics": {"csi_m": 0.0674, "mse": 0.01}}
+        {"reward": 0.3783, "done": False, "metrics": {"csi_m": 0.0674, "mse": 0.01}},
+        reward_name="csi_m",
     )
     lines = text.splitlines()
     assert "reward             0.3783 (csi_m: no-event thresholds count as 1)" in lines
@@ -20,12 +21,18 @@ def test_csi_m_reward_and_metric_lines_are_annotated():
 
 
 def test_no_note_without_a_same_named_metric_or_note():
-    plain = {"reward": "-0.3000 (neg_tke_error)", "metrics": {"tke_error": 0.3}}
-    assert "no-event" not in render_ansi(plain)
-    # the reward alone (no metric csi_m yet) is left as it is
-    assert render_ansi({"reward": "0.5 (csi_m)", "metrics": {}}).splitlines()[0].endswith(
-        "0.5 (csi_m)"
+    plain = {"reward": -0.3, "metrics": {"tke_error": 0.3}}
+    text = render_ansi(plain, reward_name="neg_tke_error")
+    assert "no-event" not in text and "reward             -0.3000 (neg_tke_error)" in text
+    # the reward alone (no metric csi_m yet) gets its name only
+    assert render_ansi({"reward": 0.5, "metrics": {}}, reward_name="csi_m").splitlines()[0] == (
+        "reward             0.5000 (csi_m)"
     )
+    # no reward yet: "-", without a name
+    assert render_ansi({"reward": None, "metrics": {}}, reward_name="csi_m").splitlines()[0] == (
+        "reward             -"
+    )
+    # without a reward name, nothing is annotated
     assert "no-event" not in render_ansi({"reward": 0.5, "metrics": {"csi_m": 0.25}})
     assert set(REWARD_METRIC_NOTES) >= {"csi_m", "heatwave_csi"}
 
