@@ -151,7 +151,8 @@ def _finished_training(path: Path, config: Any) -> dict[str, Any] | None:
     config, another world model, or its checkpoint is gone): a suite that crashed or was stopped
     resumes there. The stored config is read back with today's defaults (an option added since,
     at its default, still matches); sections the run's mode never reads (``UNUSED_BY_MODE``: a
-    baseline's planner and SFP loss weights) are left out of the comparison. A run that decodes
+    baseline's planner, intention base and SFP loss weights) are left out of the comparison.
+    A run that decodes
     through a world model is reused only if the model's weights are those it was trained with
     (``world_model_hash``; a record without it is trained again)."""
     try:
@@ -291,7 +292,8 @@ def _score_reference(task: str, name: str, suite: SuiteConfig, *, accelerator: A
     from sfp_agents.policies.references import build_reference
     from sfp_agents.training.evaluate import evaluate_agent
 
-    rows = row_config(task, suite.backbones[0], None, suite.seeds[0], suite, Path("."),
+    rows = row_config(task, suite.backbones[0] if suite.backbones else "resnet", None,
+                      suite.seeds[0] if suite.seeds else 0, suite, Path("."),
                       data_roots.get(task))
     t0 = time.perf_counter()
     metrics = evaluate_agent(
@@ -470,10 +472,13 @@ def _reference_summary(results: Mapping[str, Any], task: str, rows: Sequence[Map
             m = stat.get("mean", float("nan"))
             return bool(m > value) if mode == "max" else bool(m < value)
 
+        known = math.isfinite(value)  # no score to compare with: counts are None ("n/a")
         out[ref["name"]] = {
             "metrics": dict(ref["metrics"]),
-            "rows_baseline_better": sum(beats(r["baseline"].get(dom, {})) for r in rows),
-            "rows_sfp_better": sum(beats(r["sfp"].get(dom, {})) for r in rows),
+            "rows_baseline_better": sum(beats(r["baseline"].get(dom, {})) for r in rows)
+            if known else None,
+            "rows_sfp_better": sum(beats(r["sfp"].get(dom, {})) for r in rows)
+            if known else None,
         }
     return out
 
@@ -574,8 +579,10 @@ def render_markdown(results: Mapping[str, Any]) -> str:
                 f"Reference `{name}` (no training; the same test episodes): "
                 + ", ".join(f"{c} {_fmt({'mean': ref['metrics'][c]}, spread=False)}"
                             for c in shown)
-                + f". Better than it on {dom}: baseline {ref['rows_baseline_better']}/"
-                f"{t['rows']} rows, +SFP {ref['rows_sfp_better']}/{t['rows']} rows.",
+                + (f". Better than it on {dom}: baseline {ref['rows_baseline_better']}/"
+                   f"{t['rows']} rows, +SFP {ref['rows_sfp_better']}/{t['rows']} rows."
+                   if ref["rows_sfp_better"] is not None else
+                   f". No {dom} score, so no row is compared with it (n/a)."),
                 "",
             ]
         if task == "sevir":

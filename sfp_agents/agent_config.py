@@ -23,6 +23,7 @@ from sfp_env.errors import ConfigError
 __all__ = [
     "BackboneConfig",
     "PlannerConfig",
+    "IntentionConfig",
     "SFPLossConfig",
     "AgentTrainConfig",
     "AgentRunConfig",
@@ -34,8 +35,8 @@ __all__ = [
 #: the two Stage-2 modes: the SFP agent and its supervised baseline
 AGENT_MODES: tuple[str, ...] = ("sfp", "baseline")
 
-#: top-level config sections a mode never reads: the baseline trains without a planner or the
-#: SFP loss weights, so a change there does not change its training
+#: top-level config sections a mode never reads: the baseline trains without a planner, an
+#: intention base or the SFP loss weights, so a change there does not change its training
 UNUSED_BY_MODE: dict[str, tuple[str, ...]] = {
     "sfp": (), "baseline": ("planner", "loss", "intention"),
 }

@@ -38,6 +38,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
 from torch import nn
 
+from sfp_agents.policies.forecaster import latent_persistence
 from sfp_env.envs.forecast_env import ForecastEnv, as_action_array
 from sfp_env.errors import ActionError, ConfigError, EnvStateError
 
@@ -364,8 +365,7 @@ class PersistenceIntention:
         obs = np.asarray(observation, dtype=np.float32)
         # the last chunk of the observation: [1, T_f, C, H, W]
         frames = torch.from_numpy(obs[-self.chunk :]).to(self.core.device)[None]
-        wm = self.core.world_model
-        return wm.latent_to_action(wm.encode(frames))[0].cpu().numpy()
+        return latent_persistence(self.core.world_model, frames)[0].cpu().numpy()
 
 
 class AgentIntention:

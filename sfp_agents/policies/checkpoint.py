@@ -323,6 +323,7 @@ def _read(path: str | Path, map_location: str | torch.device) -> dict[str, Any]:
                 f"{str(path)!r}: agent checkpoint has no valid {key!r}",
                 fix="re-create it with save_agent",
             )
+    payload["arch"] = {**ARCH_DEFAULTS, **payload["arch"]}  # keys added since it was written
     return payload
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "INTENTION_BASES",
     "IntentionBase",
     "register_intention_base",
+    "latent_persistence",
 ]
 
 #: ``fn(world_model, context [B, T_in, C, H, W]) -> base actions [B, D, h, w] in [-1, 1]``, or
@@ -56,16 +57,17 @@ def _zero_base(world_model: Any, context: Tensor) -> None:
     return None
 
 
-def _latent_persistence(world_model: Any, context: Tensor) -> Tensor:
-    """The world model's encoder latent of the last observed chunk (the last ``T_f`` frames of
-    ``context``), as an action: an untrained head forecasts "the next chunks look like the last
-    one does to the encoder", and training learns the change from it."""
+def latent_persistence(world_model: Any, context: Tensor) -> Tensor:
+    """``context [B, T_in, C, H, W]`` -> actions ``[B, D, h, w]``: the world model's encoder
+    latent of the last observed chunk (the last ``T_f`` frames), mapped to [-1, 1] by its affine
+    latent scale. As an intention base, an untrained head forecasts "the next chunks look like
+    the last one does to the encoder", and training learns the change from it."""
     t_f = int(world_model.config.chunk_frames)
     return world_model.latent_to_action(world_model.encode(context[:, -t_f:]))
 
 
 register_intention_base("zero", _zero_base)
-register_intention_base("latent_persistence", _latent_persistence)
+register_intention_base("latent_persistence", latent_persistence)
 
 
 def freeze_world_model(world_model: Any) -> Any:
@@ -105,8 +107,9 @@ class ForecasterPolicy(nn.Module):
     def __init__(self, backbone: nn.Module, world_model: Any, steps: int,
                  intention_base: str = "zero") -> None:
         super().__init__()
+        INTENTION_BASES.get(intention_base)  # RegistryError listing the bases
+        #: the base's name, resolved on every call (a module holding no function pickles)
         self.intention_base = intention_base
-        self._base_fn = INTENTION_BASES.get(intention_base)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ConfigError(
                 f"ForecasterPolicy: steps must be a positive integer, got {steps!r}",
@@ -162,10 +165,18 @@ class ForecasterPolicy(nn.Module):
         out = self.head(features)
         out = out.view(out.shape[0], self.steps, *self.latent_shape)
         with torch.no_grad():
-            base = self._base_fn(self._world_model, context)
+            base = INTENTION_BASES.get(self.intention_base)(self._world_model, context)
         if base is not None:
-            limit = BASE_ACTION_LIMIT
-            out = out + torch.atanh(base.to(out.dtype).clamp(-limit, limit)).unsqueeze(1)
+            expected = (out.shape[0], *self.latent_shape)
+            if not isinstance(base, Tensor) or tuple(base.shape) != expected:
+                got = tuple(base.shape) if isinstance(base, Tensor) else type(base).__name__
+                raise ShapeError(
+                    f"ForecasterPolicy: intention base {self.intention_base!r} returned {got}, "
+                    f"expected {list(expected)} = [B, D, h, w]",
+                    fix="return one action [B, D, h, w] in [-1, 1] per sample (or None)",
+                )
+            limit = BASE_ACTION_LIMIT  # atanh in float32 also under autocast
+            out = out + torch.atanh(base.float().clamp(-limit, limit)).to(out.dtype).unsqueeze(1)
         return torch.tanh(out)
 
     def intentions(self, context: Tensor) -> Tensor:

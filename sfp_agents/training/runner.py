@@ -42,7 +42,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -56,7 +56,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 from tqdm.auto import tqdm
 
 from sfp_agents.config import load_config, shipped_configs
-from sfp_env.config import config_diff, to_dict
+from sfp_env.config import config_diff, from_dict, to_dict
 from sfp_env.errors import CheckpointError, ConfigError, TrainingError
 
 if TYPE_CHECKING:
@@ -167,7 +167,9 @@ class RunDirectory:
 
     Args:
         path: the run directory (created by :meth:`open`).
-        config: the run's config (dataclass or mapping), written to ``config.yaml``.
+        config: the run's config (dataclass or mapping), written to ``config.yaml``. For a
+            dataclass the stored config is read back with today's defaults before comparing,
+            so a folder written before an option existed still resumes (at its default).
         ignore: dotted keys never compared (``run_dir``: the folder may have moved).
         resumable: dotted keys that may differ from the stored config when resuming.
     """
@@ -194,6 +196,8 @@ class RunDirectory:
                 fix="pass the run's config dataclass (e.g. GWMRunConfig) to RunDirectory",
             )
         self.config: dict[str, Any] = data
+        #: the config's dataclass: a stored config is read back with today's defaults
+        self.config_type: type | None = type(config) if is_dataclass(config) else None
         self.ignore = tuple(ignore)
         self.resumable = tuple(resumable)
 
@@ -266,6 +270,10 @@ class RunDirectory:
         saved = self.saved_config()
         if saved is None:
             return
+        if self.config_type is not None:
+            # an option added since the run started, at its default, still matches
+            with contextlib.suppress(ConfigError, TypeError):
+                saved = to_dict(from_dict(self.config_type, saved))
         mine = _drop_keys(self.config, self.ignore)
         theirs = _drop_keys(saved, self.ignore)
         diffs = config_diff(theirs, mine)

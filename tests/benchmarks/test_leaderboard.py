@@ -286,3 +286,46 @@ def test_resume_retrains_sfp_runs_whose_world_model_changed(
         stored.pop("world_model_hash")  # a record from before the hash was kept
         record.write_text(json.dumps(stored))
         assert (_finished_training(record, config) is not None) == (mode == "baseline"), mode
+
+
+def _nse_results(reference: dict[str, float] | None) -> dict:
+    """A minimal results file of one NSE row (TKE error: lower is better), two seeds."""
+    def run(mode: str, seed: int, tke: float) -> dict:
+        return {"task": "nse", "backbone": "resnet", "planner": None if mode == "baseline"
+                else "beam", "seed": seed, "mode": mode, "metrics": {"tke_error": tke,
+                                                                     "mse": 0.1},
+                "loss_first": 1.0, "loss_last": 0.5, "train_wall_s": 1.0}
+    results = {
+        "suite": "t", "command": "sfp leaderboard --suite t", "package_version": "0",
+        "git_commit": None, "torch": "x", "num_processes": 1, "wall_time_s": 1.0,
+        "created_utc": "now", "hardware": {"processor": "cpu", "cpu_count": 2},
+        "tasks": {"nse": {"env_id": "SFP-NSE-v0", "domain_metric": "tke_error",
+                          "domain_mode": "min"}},
+        "runs": [run("baseline", 0, 0.40), run("baseline", 1, 0.42), run("sfp", 0, 0.20),
+                 run("sfp", 1, 0.22)],
+    }
+    if reference is not None:
+        results["references"] = [{"task": "nse", "name": "persistence", "metrics": reference}]
+    return results
+
+
+@pytest.mark.parametrize(("tke", "base", "sfp"), [(0.30, 0, 1), (0.10, 0, 0), (0.50, 1, 1)])
+def test_reference_counts_follow_the_metric_direction(tke: float, base: int, sfp: int) -> None:
+    summary = summarize(_nse_results({"tke_error": tke, "mse": 0.2}))
+    ref = summary["tasks"]["nse"]["references"]["persistence"]
+    assert (ref["rows_baseline_better"], ref["rows_sfp_better"]) == (base, sfp)
+
+
+def test_a_reference_without_the_domain_metric_is_not_compared() -> None:
+    md = render_markdown(_nse_results({"mse": 0.2}))
+    assert "Reference `persistence`" in md and "no row is compared with it (n/a)" in md
+    assert "0/1 rows" not in md
+
+
+def test_a_stored_summary_from_before_references_still_renders() -> None:
+    old = _nse_results(None)
+    old["summary"] = summarize(old)
+    for task in old["summary"]["tasks"].values():
+        task.pop("references")
+    md = render_markdown(old)
+    assert "| resnet | beam |" in md and "Reference `" not in md

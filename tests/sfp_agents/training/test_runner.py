@@ -267,3 +267,23 @@ def test_lr_schedule_warmup_and_cosine() -> None:
     assert lrs == pytest.approx([0.05, 0.1, 0.1, 0.05])
     # biases are not decayed
     assert [g["weight_decay"] for g in opt.param_groups] == [optim.weight_decay, 0.0]
+
+
+def test_a_folder_written_before_an_option_existed_still_resumes(tmp_path: Path) -> None:
+    import yaml
+
+    from sfp_agents.agent_config import AgentRunConfig
+    from sfp_agents.config import load_config
+    from sfp_env.config import to_dict
+
+    config = load_config(AgentRunConfig, "sevir", ["train.epochs=2"])
+    RunDirectory(tmp_path, config).open(resume=False)
+    # the stored config of an older version: no ``intention`` section (added later)
+    stored = to_dict(config)
+    stored.pop("intention")
+    (tmp_path / RunDirectory.CONFIG).write_text(yaml.safe_dump(stored))
+    RunDirectory(tmp_path, config).open(resume=True)  # intention at its default: same run
+    other = load_config(AgentRunConfig, "sevir", ["train.epochs=2",
+                                                  "intention.base=latent_persistence"])
+    with pytest.raises(ConfigError, match="intention.base"):
+        RunDirectory(tmp_path, other).open(resume=True)

@@ -88,7 +88,8 @@ def test_train_agent_learns_and_writes_a_loadable_best_checkpoint(
 ) -> None:
     # one fixed batch per epoch, so the epoch losses are comparable
     config = make_config(tmp_path / mode, wm_path, mode=mode, **{
-        "train.limit_train_samples": 2, "train.epochs": 4})
+        "train.limit_train_samples": 2, "train.epochs": 4,
+        "intention.base": "latent_persistence"})
     result = train_agent(config, tensorboard=False, progress=False)
     history = result.history
     assert [h["epoch"] for h in history] == [0, 1, 2, 3] and result.steps == 4
@@ -106,6 +107,9 @@ def test_train_agent_learns_and_writes_a_loadable_best_checkpoint(
     policy, meta = load_agent(result.best_checkpoint)
     assert meta["mode"] == mode and meta["metrics"]["val/csi_m"] == pytest.approx(
         result.best_value)
+    # the SFP agent records its intention base; the baseline never reads one
+    expected_base = "latent_persistence" if mode == "sfp" else "zero"
+    assert meta["arch"]["intention_base"] == expected_base
     with torch.no_grad():
         out = policy(torch.rand(1, 13, 1, SIZE, SIZE))
     assert out.shape == (1, 12, 1, SIZE, SIZE)
