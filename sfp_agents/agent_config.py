@@ -24,6 +24,7 @@ __all__ = [
     "BackboneConfig",
     "PlannerConfig",
     "IntentionConfig",
+    "BaselineConfig",
     "SFPLossConfig",
     "AgentTrainConfig",
     "AgentRunConfig",
@@ -36,9 +37,10 @@ __all__ = [
 AGENT_MODES: tuple[str, ...] = ("sfp", "baseline")
 
 #: top-level config sections a mode never reads: the baseline trains without a planner, an
-#: intention base or the SFP loss weights, so a change there does not change its training
+#: intention base or the SFP loss weights, the SFP agent without the baseline's frame base, so
+#: a change there does not change its training
 UNUSED_BY_MODE: dict[str, tuple[str, ...]] = {
-    "sfp": (), "baseline": ("planner", "loss", "intention"),
+    "sfp": ("baseline",), "baseline": ("planner", "loss", "intention"),
 }
 
 #: config keys that may change when a run is resumed (length, checkpoint and logging cadence)
@@ -105,6 +107,24 @@ class IntentionConfig:
     def __post_init__(self) -> None:
         _require("IntentionConfig", "base", isinstance(self.base, str) and bool(self.base),
                  self.base, "an intention-base name such as 'zero' or 'latent_persistence'")
+
+
+@dataclass
+class BaselineConfig:
+    """The supervised baseline's forecast (unused in sfp mode).
+
+    ``base``: a name in ``sfp_agents.policies.FRAME_BASES``; the forecast is the frame head's
+    output plus the base's frames. "zero": the head alone (the conventional setting, the
+    leaderboard's). "persistence": the last observed frame, so the head learns the change from
+    persistence (the baseline's counterpart of the agent's ``intention.base:
+    latent_persistence``; compared in ``benchmarks/NOTES.md``).
+    """
+
+    base: str = "zero"
+
+    def __post_init__(self) -> None:
+        _require("BaselineConfig", "base", isinstance(self.base, str) and bool(self.base),
+                 self.base, "a frame-base name such as 'zero' or 'persistence'")
 
 
 @dataclass
@@ -217,7 +237,7 @@ class AgentRunConfig:
             Frozen during training; in baseline mode it only fixes the backbone's downsample.
         reward: reward name for planning; None means the task's reward (with its options).
         reward_kwargs: options of ``reward`` (added to the task's when ``reward`` is None).
-        backbone, planner, intention, loss, optim, train: see the section classes.
+        backbone, planner, intention, baseline, loss, optim, train: see the section classes.
     """
 
     CONFIG_PREFIX: ClassVar[str] = "agent"
@@ -233,6 +253,7 @@ class AgentRunConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     intention: IntentionConfig = field(default_factory=IntentionConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
     loss: SFPLossConfig = field(default_factory=SFPLossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: AgentTrainConfig = field(default_factory=AgentTrainConfig)

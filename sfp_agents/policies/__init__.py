@@ -3,16 +3,19 @@
 ``build_backbone(name, in_frames, channels, height, width, downsample=4)`` builds a registered
 backbone ("simvp", "convlstm", "fno", "resnet"); ``register_backbone(name, factory)`` adds yours.
 :class:`ForecasterPolicy` is the SFP agent (its intention base from ``INTENTION_BASES``,
-``register_intention_base`` adds yours); :class:`SupervisedForecaster` the MSE baseline.
+``register_intention_base`` adds yours); :class:`SupervisedForecaster` the MSE baseline (its
+frame base from ``FRAME_BASES``, ``register_frame_base``).
 """
 
 from __future__ import annotations
 
 from sfp_agents.policies.backbones import BACKBONES, build_backbone, register_backbone
 from sfp_agents.policies.forecaster import (
+    FRAME_BASES,
     INTENTION_BASES,
     ForecasterPolicy,
     SupervisedForecaster,
+    register_frame_base,
     register_intention_base,
 )
 
@@ -24,4 +27,6 @@ __all__ = [
     "SupervisedForecaster",
     "INTENTION_BASES",
     "register_intention_base",
+    "FRAME_BASES",
+    "register_frame_base",
 ]

@@ -6,7 +6,7 @@ An agent checkpoint is one file, ``torch.save`` of a plain dict (read with
     {"format": "sfp.agent", "format_version": 1, "package_version": "0.1.0",
      "mode": "sfp" | "baseline", "task": "sevir",
      "arch": {backbone, backbone_kwargs, in_frames, out_frames, chunk_frames, channels,
-              height, width, downsample, seed, intention_base},
+              height, width, downsample, seed, intention_base, frame_base},
      "world_model": {"config": {...}, "state_hash": "...", "source": "sevir", "path": "..."}
                     | None,
      "config": {...the run config...}, "metrics": {...}, "state_dict": {...}}
@@ -64,11 +64,11 @@ _TRAIN_AGENT = "sfp train-agent --config <task>"
 #: keys of an architecture dict (see :func:`policy_arch`)
 ARCH_KEYS: tuple[str, ...] = (
     "backbone", "backbone_kwargs", "in_frames", "out_frames", "chunk_frames", "channels",
-    "height", "width", "downsample", "seed", "intention_base",
+    "height", "width", "downsample", "seed", "intention_base", "frame_base",
 )
 
 #: architecture keys added after the first checkpoints, with the value those checkpoints mean
-ARCH_DEFAULTS: dict[str, Any] = {"intention_base": "zero"}
+ARCH_DEFAULTS: dict[str, Any] = {"intention_base": "zero", "frame_base": "zero"}
 
 #: the fingerprint fields a world model must match (``source``/``path`` only say where it was)
 _MATCHED_FINGERPRINT = ("config", "state_hash")
@@ -128,6 +128,7 @@ def _build_baseline(backbone: nn.Module, arch: Mapping[str, Any], world_model: A
         height=int(arch["height"]),
         width=int(arch["width"]),
         downsample=int(arch["downsample"]),
+        frame_base=str(arch["frame_base"]),
     )
 
 
@@ -146,9 +147,11 @@ def policy_arch(
     downsample: int,
     seed: int = 0,
     intention_base: str = "zero",
+    frame_base: str = "zero",
 ) -> dict[str, Any]:
     """The architecture dict stored in checkpoints; ``frame_shape`` is ``(C, H, W)``;
-    ``intention_base`` (a name in ``INTENTION_BASES``) is read by SFP agents only."""
+    ``intention_base`` (a name in ``INTENTION_BASES``) is read by SFP agents only,
+    ``frame_base`` (a name in ``FRAME_BASES``) by the supervised baseline only."""
     c, h, w = (int(v) for v in frame_shape)
     return {
         "backbone": str(backbone),
@@ -162,6 +165,7 @@ def policy_arch(
         "downsample": int(downsample),
         "seed": int(seed),
         "intention_base": str(intention_base),
+        "frame_base": str(frame_base),
     }
 
 

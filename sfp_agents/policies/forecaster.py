@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sfp_agents.policies.references import hold_last_frame
 from sfp_env.errors import ConfigError, ShapeError
 from sfp_env.registry import Registry
 
@@ -30,6 +31,9 @@ __all__ = [
     "IntentionBase",
     "register_intention_base",
     "latent_persistence",
+    "FRAME_BASES",
+    "FrameBase",
+    "register_frame_base",
 ]
 
 #: ``fn(world_model, context [B, T_in, C, H, W]) -> base actions [B, D, h, w] in [-1, 1]``, or
@@ -68,6 +72,28 @@ def latent_persistence(world_model: Any, context: Tensor) -> Tensor:
 
 register_intention_base("zero", _zero_base)
 register_intention_base("latent_persistence", latent_persistence)
+
+#: ``fn(context [B, T_in, C, H, W], out_frames) -> [B, T_out, C, H, W]``, or None for no base
+FrameBase = Callable[[Tensor, int], "Tensor | None"]
+
+#: name -> :data:`FrameBase`: what the supervised baseline's frame head adds its output to
+FRAME_BASES: Registry[FrameBase] = Registry("frame_base")
+
+
+def register_frame_base(name: str, fn: FrameBase, *, overwrite: bool = False) -> FrameBase:
+    """Register ``fn(context, out_frames) -> frames [B, T_out, C, H, W] or None`` as ``name``
+    (``baseline.base`` in an agent config)."""
+    FRAME_BASES.register(name, fn, overwrite=overwrite)
+    return fn
+
+
+def _no_frames(context: Tensor, out_frames: int) -> None:
+    """No base: the forecast is the frame head's output alone."""
+    return None
+
+
+register_frame_base("zero", _no_frames)
+register_frame_base("persistence", hold_last_frame)
 
 
 def freeze_world_model(world_model: Any) -> Any:
@@ -231,6 +257,9 @@ class SupervisedForecaster(nn.Module):
         backbone: ``[B, T_in, C, H, W]`` -> ``[B, F, H / ds, W / ds]``.
         out_frames, channels, height, width: T_out, C, H, W of the forecast.
         downsample: ds; default ``backbone.downsample``.
+        frame_base: a name in :data:`FRAME_BASES`; the forecast is the head's output plus the
+            base's frames: "zero" gives the head alone, "persistence" makes the head forecast
+            the change from the last observed frame (a residual over persistence).
     """
 
     def __init__(
@@ -241,8 +270,12 @@ class SupervisedForecaster(nn.Module):
         height: int,
         width: int,
         downsample: int | None = None,
+        frame_base: str = "zero",
     ) -> None:
         super().__init__()
+        FRAME_BASES.get(frame_base)  # RegistryError listing the bases
+        #: the base's name, resolved on every call (a module holding no function pickles)
+        self.frame_base = frame_base
         ds = getattr(backbone, "downsample", None) if downsample is None else downsample
         features = getattr(backbone, "out_channels", None)
         if not isinstance(features, int) or not isinstance(ds, int):
@@ -289,7 +322,18 @@ class SupervisedForecaster(nn.Module):
              self.width // self.downsample),
         )
         out = self.head(features)
-        return out.view(out.shape[0], self.out_frames, self.channels, self.height, self.width)
+        out = out.view(out.shape[0], self.out_frames, self.channels, self.height, self.width)
+        base = FRAME_BASES.get(self.frame_base)(context, self.out_frames)
+        if base is None:
+            return out
+        if not isinstance(base, Tensor) or base.shape != out.shape:
+            got = tuple(base.shape) if isinstance(base, Tensor) else type(base).__name__
+            raise ShapeError(
+                f"SupervisedForecaster: frame base {self.frame_base!r} returned {got}, expected "
+                f"{list(out.shape)} = [B, T_out, C, H, W]",
+                fix="return the base forecast [B, T_out, C, H, W] of every sample (or None)",
+            )
+        return out + base.to(out.dtype)
 
     def forecast(self, context: Tensor) -> Tensor:
         """Alias of ``forward``."""

@@ -18,7 +18,13 @@ from torch import Tensor, nn
 from sfp_env.errors import ShapeError
 from sfp_env.registry import Registry
 
-__all__ = ["REFERENCE_FORECASTS", "Persistence", "register_reference", "build_reference"]
+__all__ = [
+    "REFERENCE_FORECASTS",
+    "Persistence",
+    "hold_last_frame",
+    "register_reference",
+    "build_reference",
+]
 
 #: name -> factory ``fn(spec: TaskSpec) -> nn.Module`` (a forecast ``[B, T_in, C, H, W]`` ->
 #: ``[B, T_out, C, H, W]``)
@@ -37,22 +43,28 @@ def build_reference(name: str, spec: Any) -> nn.Module:
     return REFERENCE_FORECASTS.get(name)(spec).eval()
 
 
+def hold_last_frame(context: Tensor, out_frames: int) -> Tensor:
+    """``[B, T_in, C, H, W]`` -> ``[B, out_frames, C, H, W]``: the last observed frame, held (a
+    copy, not a view)."""
+    if context.dim() != 5 or context.shape[1] < 1:
+        raise ShapeError(
+            f"persistence: context {list(context.shape)}, expected [B, T_in, C, H, W]",
+            fix="pass the observed frames, e.g. a batch of env observations",
+        )
+    b, _, c, h, w = context.shape
+    return context[:, -1:].expand(b, out_frames, c, h, w).clone()
+
+
 class Persistence(nn.Module):
     """The last observed frame, held for ``out_frames`` lead times:
-    ``[B, T_in, C, H, W]`` -> ``[B, out_frames, C, H, W]`` (a copy, not a view)."""
+    ``[B, T_in, C, H, W]`` -> ``[B, out_frames, C, H, W]``."""
 
     def __init__(self, out_frames: int) -> None:
         super().__init__()
         self.out_frames = int(out_frames)
 
     def forward(self, context: Tensor) -> Tensor:
-        if context.dim() != 5 or context.shape[1] < 1:
-            raise ShapeError(
-                f"Persistence: context {list(context.shape)}, expected [B, T_in, C, H, W]",
-                fix="pass the observed frames, e.g. a batch of env observations",
-            )
-        b, _, c, h, w = context.shape
-        return context[:, -1:].expand(b, self.out_frames, c, h, w).clone()
+        return hold_last_frame(context, self.out_frames)
 
 
 register_reference("persistence", lambda spec: Persistence(spec.out_frames))

@@ -61,7 +61,7 @@ from sfp_agents.planners import Planner, get_planner
 from sfp_agents.planners.base import check_frozen
 from sfp_agents.policies.backbones import check_backbone_kwargs
 from sfp_agents.policies.checkpoint import build_policy, policy_arch, save_agent
-from sfp_agents.policies.forecaster import INTENTION_BASES
+from sfp_agents.policies.forecaster import FRAME_BASES, INTENTION_BASES
 from sfp_agents.training.evaluate import (
     check_windows,
     suite_metrics,
@@ -321,6 +321,8 @@ def check_components(config: AgentRunConfig) -> None:
         get_planner(config.planner.name, **dict(config.planner.kwargs))
     if "intention" not in UNUSED_BY_MODE.get(config.mode, ()):
         INTENTION_BASES.get(config.intention.base)
+    if "baseline" not in UNUSED_BY_MODE.get(config.mode, ()):
+        FRAME_BASES.get(config.baseline.base)
     if config.reward is not None:  # its options may need the data: checked when built
         REWARDS.get(config.reward)
 
@@ -383,6 +385,8 @@ def train_agent(
         seed=train_cfg.seed,
         intention_base=("zero" if "intention" in UNUSED_BY_MODE.get(config.mode, ())
                         else config.intention.base),
+        frame_base=("zero" if "baseline" in UNUSED_BY_MODE.get(config.mode, ())
+                    else config.baseline.base),
     )
     policy = build_policy(config.mode, arch, world_model)
     reward = _task_reward(config, spec, train_full)

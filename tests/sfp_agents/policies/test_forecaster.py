@@ -9,11 +9,12 @@ import torch
 
 from sfp_agents.policies import (
     BACKBONES,
+    FRAME_BASES,
     ForecasterPolicy,
     SupervisedForecaster,
     build_backbone,
 )
-from sfp_env.errors import ConfigError, ShapeError
+from sfp_env.errors import ConfigError, RegistryError, ShapeError
 from sfp_env.world_model import GenerativeWorldModel, WorldModelConfig
 
 T_IN, T_F, STEPS, SIZE = 3, 2, 2, 16
@@ -131,3 +132,35 @@ def test_supervised_forecaster_learns_and_validates() -> None:
         model.loss(x, target[:, :3])
     with pytest.raises(ConfigError, match="downsample"):
         SupervisedForecaster(backbone, 4, 1, SIZE, SIZE, downsample=3)
+
+
+@pytest.mark.parametrize("base", list(FRAME_BASES))
+def test_every_frame_base_gives_the_forecast_shape_and_trains_the_head(base: str) -> None:
+    torch.manual_seed(0)
+    model = SupervisedForecaster(build_backbone("resnet", T_IN, 1, SIZE, SIZE, hidden=8),
+                                 out_frames=4, channels=1, height=SIZE, width=SIZE,
+                                 frame_base=base)
+    x = context()
+    out = model(x)
+    assert out.shape == (2, 4, 1, SIZE, SIZE) and torch.isfinite(out).all()
+    out.mean().backward()
+    assert sum(float(p.grad.abs().sum()) for p in model.parameters()) > 0
+
+
+def test_persistence_frame_base_adds_the_last_frame_to_the_head() -> None:
+    torch.manual_seed(0)
+    backbone = build_backbone("resnet", T_IN, 1, SIZE, SIZE, hidden=8)
+    plain = SupervisedForecaster(backbone, 4, 1, SIZE, SIZE)
+    residual = SupervisedForecaster(backbone, 4, 1, SIZE, SIZE, frame_base="persistence")
+    residual.head.load_state_dict(plain.head.state_dict())
+    x = context()
+    assert torch.allclose(residual(x), plain(x) + x[:, -1:], atol=1e-6)
+    FRAME_BASES.register("test_one_frame", lambda ctx, n: ctx[:, -1:], overwrite=True)
+    try:
+        bad = SupervisedForecaster(backbone, 4, 1, SIZE, SIZE, frame_base="test_one_frame")
+        with pytest.raises(ShapeError, match="frame base 'test_one_frame' returned"):
+            bad(x)
+    finally:
+        FRAME_BASES.unregister("test_one_frame")
+    with pytest.raises(RegistryError, match="persistence"):
+        SupervisedForecaster(backbone, 4, 1, SIZE, SIZE, frame_base="persistance")

@@ -175,3 +175,8 @@ def test_an_unknown_base_is_refused_before_training() -> None:
         "mode=baseline", "intention.base=latent_persistance"]))
     with pytest.raises(RegistryError, match="unknown intention_base"):
         agent("nope")
+    # likewise the baseline's frame base: checked in baseline mode, never read by the agent
+    with pytest.raises(RegistryError, match="persistence"):
+        check_components(load_config(AgentRunConfig, "nse", [
+            "mode=baseline", "baseline.base=persistance"]))
+    check_components(load_config(AgentRunConfig, "nse", ["baseline.base=persistance"]))

@@ -89,7 +89,7 @@ def test_train_agent_learns_and_writes_a_loadable_best_checkpoint(
     # one fixed batch per epoch, so the epoch losses are comparable
     config = make_config(tmp_path / mode, wm_path, mode=mode, **{
         "train.limit_train_samples": 2, "train.epochs": 4,
-        "intention.base": "latent_persistence"})
+        "intention.base": "latent_persistence", "baseline.base": "persistence"})
     result = train_agent(config, tensorboard=False, progress=False)
     history = result.history
     assert [h["epoch"] for h in history] == [0, 1, 2, 3] and result.steps == 4
@@ -107,9 +107,11 @@ def test_train_agent_learns_and_writes_a_loadable_best_checkpoint(
     policy, meta = load_agent(result.best_checkpoint)
     assert meta["mode"] == mode and meta["metrics"]["val/csi_m"] == pytest.approx(
         result.best_value)
-    # the SFP agent records its intention base; the baseline never reads one
-    expected_base = "latent_persistence" if mode == "sfp" else "zero"
-    assert meta["arch"]["intention_base"] == expected_base
+    # each mode records its own base and leaves the other's at "zero" (it never reads it)
+    bases = {"sfp": ("latent_persistence", "zero"), "baseline": ("zero", "persistence")}[mode]
+    assert (meta["arch"]["intention_base"], meta["arch"]["frame_base"]) == bases
+    own = policy.intention_base if mode == "sfp" else policy.frame_base
+    assert own == ("latent_persistence" if mode == "sfp" else "persistence")
     with torch.no_grad():
         out = policy(torch.rand(1, 13, 1, SIZE, SIZE))
     assert out.shape == (1, 12, 1, SIZE, SIZE)
