@@ -235,10 +235,14 @@ def test_resume_ignores_only_the_sections_a_mode_never_reads(tmp_path: Path, mod
     # a baseline never reads the SFP loss weights or the planner; an SFP run does
     changed_loss = _finished_training(record, config("loss.code_anchor=0.5"))
     changed_planner = _finished_training(record, config("planner.kwargs={beam_width: 3}"))
+    changed_intention = _finished_training(record, config("intention.base=latent_persistence"))
+    changed_frames = _finished_training(record, config("baseline.base=persistence"))
     if mode == "baseline":
         assert changed_loss is not None and changed_planner is not None
+        assert changed_intention is not None and changed_frames is None
     else:
         assert changed_loss is None and changed_planner is None
+        assert changed_intention is None and changed_frames is not None
     assert _finished_training(record, config("train.seed=7")) is None  # read by every mode
     checkpoint.unlink()
     assert _finished_training(record, config()) is None  # the checkpoint is gone
