@@ -359,7 +359,10 @@ def train_agent(
     check_components(config)  # before the run dir is written: a fixed retry can reuse it
     spec = config.task_spec
     train_cfg = config.train
-    run_dir = RunDirectory(config.resolved_run_dir, config, resumable=RESUMABLE_KEYS)
+    # sections this mode never reads do not make another run (e.g. the baseline's frame base
+    # for an SFP agent)
+    run_dir = RunDirectory(config.resolved_run_dir, config, resumable=RESUMABLE_KEYS,
+                           ignore=("run_dir", *UNUSED_BY_MODE.get(config.mode, ())))
     acc = start_run(run_dir, resume=resume, seed=train_cfg.seed, cpu=cpu,
                     tensorboard=tensorboard, accelerator=accelerator, project_name="agent")
 

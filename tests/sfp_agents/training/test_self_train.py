@@ -336,3 +336,21 @@ def test_two_processes_train_together(tmp_path: Path, wm_path: Path) -> None:
     assert all(same_values(a, b) for a, b in zip(ranks[0]["history"], ranks[1]["history"]))
     policy, meta = load_agent(ranks[0]["best"])
     assert meta["mode"] == "sfp"
+
+
+def test_a_change_in_a_section_the_mode_never_reads_keeps_the_run(tmp_path: Path,
+                                                                   wm_path: Path) -> None:
+    """An SFP run resumes when only the baseline's frame base changed (and vice versa)."""
+    first = make_config(tmp_path / "r", wm_path, **{"train.epochs": 1,
+                                                    "train.limit_train_samples": 2})
+    train_agent(first, tensorboard=False, progress=False)
+    other = make_config(tmp_path / "r", wm_path, **{"train.epochs": 1,
+                                                    "train.limit_train_samples": 2,
+                                                    "baseline.base": "persistence"})
+    again = train_agent(other, resume=True, tensorboard=False, progress=False)
+    assert again.steps == 1  # nothing left to train: the saved run was taken as this one
+    changed = make_config(tmp_path / "r", wm_path, **{"train.epochs": 1,
+                                                      "train.limit_train_samples": 2,
+                                                      "intention.base": "latent_persistence"})
+    with pytest.raises(ConfigError, match="intention.base"):
+        train_agent(changed, resume=True, tensorboard=False, progress=False)
