@@ -235,8 +235,13 @@ def test_resume_ignores_only_the_sections_a_mode_never_reads(tmp_path: Path, mod
     # a baseline never reads the SFP loss weights or the planner; an SFP run does
     changed_loss = _finished_training(record, config("loss.code_anchor=0.5"))
     changed_planner = _finished_training(record, config("planner.kwargs={beam_width: 3}"))
-    changed_intention = _finished_training(record, config("intention.base=latent_persistence"))
-    changed_frames = _finished_training(record, config("baseline.base=persistence"))
+    def other(current: str, choices: tuple[str, str]) -> str:  # a value that differs
+        return choices[1] if current == choices[0] else choices[0]
+
+    intention = other(config().intention.base, ("zero", "latent_persistence"))
+    frames = other(config().baseline.base, ("zero", "persistence"))
+    changed_intention = _finished_training(record, config(f"intention.base={intention}"))
+    changed_frames = _finished_training(record, config(f"baseline.base={frames}"))
     if mode == "baseline":
         assert changed_loss is not None and changed_planner is not None
         assert changed_intention is not None and changed_frames is None
