@@ -151,19 +151,17 @@ def _finished_training(path: Path, config: Any) -> dict[str, Any] | None:
     config, another world model, or its checkpoint is gone): a suite that crashed or was stopped
     resumes there. The stored config is read back with today's defaults (an option added since,
     at its default, still matches); sections the run's mode never reads (``UNUSED_BY_MODE``: a
-    baseline's planner, intention base and SFP loss weights) are left out of the comparison.
-    A run that decodes
-    through a world model is reused only if the model's weights are those it was trained with
-    (``world_model_hash``; a record without it is trained again)."""
+    baseline's planner, intention base and SFP loss weights; an agent's frame base) are left
+    out of the comparison. A run that decodes through a world model is reused only if the
+    model's weights are those it was trained with (``world_model_hash``; a record without it is
+    trained again)."""
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    from sfp_agents.agent_config import UNUSED_BY_MODE
-
     def used(c: Any) -> dict[str, Any]:  # as JSON, without the sections this mode never reads
         d = json.loads(json.dumps(to_dict(c), default=str))
-        return {k: v for k, v in d.items() if k not in UNUSED_BY_MODE.get(d.get("mode"), ())}
+        return {k: v for k, v in d.items() if k not in c.unused_sections}
 
     try:  # read back with today's defaults, so a newly added option at its default still matches
         stored = from_dict(type(config), record.get("config"))

@@ -277,6 +277,15 @@ class AgentRunConfig:
         return self.run_dir or f"runs/agent_{self.task}_{self.mode}"
 
     @property
+    def unused_sections(self) -> tuple[str, ...]:
+        """Top-level sections this run's ``mode`` never reads (:data:`UNUSED_BY_MODE`)."""
+        return UNUSED_BY_MODE.get(self.mode, ())
+
+    def reads(self, section: str) -> bool:
+        """Whether this run's ``mode`` reads the top-level config ``section``."""
+        return section not in self.unused_sections
+
+    @property
     def resolved_world_model(self) -> str:
         """``world_model``, or the task's shipped world model when it is None."""
         return self.world_model or self.task_spec.world_model

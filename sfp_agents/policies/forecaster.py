@@ -116,6 +116,14 @@ def _check_features(owner: str, features: Tensor, expected: tuple[int, int, int]
         )
 
 
+def _check_base(owner: str, base: Any, expected: tuple[int, ...], layout: str, fix: str) -> None:
+    """Raise :class:`ShapeError` unless the base ``owner`` returned is a tensor of ``expected``
+    shape (``layout`` names its axes)."""
+    if not isinstance(base, Tensor) or tuple(base.shape) != tuple(expected):
+        got = tuple(base.shape) if isinstance(base, Tensor) else type(base).__name__
+        raise ShapeError(f"{owner} returned {got}, expected {list(expected)} = {layout}", fix=fix)
+
+
 class ForecasterPolicy(nn.Module):
     """SFP agent: backbone -> intention head -> actions in [-1, 1] -> latents -> frozen decoder.
 
@@ -193,14 +201,9 @@ class ForecasterPolicy(nn.Module):
         with torch.no_grad():
             base = INTENTION_BASES.get(self.intention_base)(self._world_model, context)
         if base is not None:
-            expected = (out.shape[0], *self.latent_shape)
-            if not isinstance(base, Tensor) or tuple(base.shape) != expected:
-                got = tuple(base.shape) if isinstance(base, Tensor) else type(base).__name__
-                raise ShapeError(
-                    f"ForecasterPolicy: intention base {self.intention_base!r} returned {got}, "
-                    f"expected {list(expected)} = [B, D, h, w]",
-                    fix="return one action [B, D, h, w] in [-1, 1] per sample (or None)",
-                )
+            _check_base(f"ForecasterPolicy: intention base {self.intention_base!r}", base,
+                        (out.shape[0], *self.latent_shape), "[B, D, h, w]",
+                        fix="return one action [B, D, h, w] in [-1, 1] per sample (or None)")
             limit = BASE_ACTION_LIMIT  # atanh in float32 also under autocast
             out = out + torch.atanh(base.float().clamp(-limit, limit)).to(out.dtype).unsqueeze(1)
         return torch.tanh(out)
@@ -326,13 +329,9 @@ class SupervisedForecaster(nn.Module):
         base = FRAME_BASES.get(self.frame_base)(context, self.out_frames)
         if base is None:
             return out
-        if not isinstance(base, Tensor) or base.shape != out.shape:
-            got = tuple(base.shape) if isinstance(base, Tensor) else type(base).__name__
-            raise ShapeError(
-                f"SupervisedForecaster: frame base {self.frame_base!r} returned {got}, expected "
-                f"{list(out.shape)} = [B, T_out, C, H, W]",
-                fix="return the base forecast [B, T_out, C, H, W] of every sample (or None)",
-            )
+        _check_base(f"SupervisedForecaster: frame base {self.frame_base!r}", base,
+                    tuple(out.shape), "[B, T_out, C, H, W]",
+                    fix="return the base forecast [B, T_out, C, H, W] of every sample (or None)")
         return out + base.to(out.dtype)
 
     def forecast(self, context: Tensor) -> Tensor:

@@ -50,13 +50,7 @@ from accelerate import Accelerator, PartialState
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
-from sfp_agents.agent_config import (
-    AGENT_MODES,
-    RESUMABLE_KEYS,
-    UNUSED_BY_MODE,
-    AgentRunConfig,
-    SFPLossConfig,
-)
+from sfp_agents.agent_config import AGENT_MODES, RESUMABLE_KEYS, AgentRunConfig, SFPLossConfig
 from sfp_agents.planners import Planner, get_planner
 from sfp_agents.planners.base import check_frozen
 from sfp_agents.policies.backbones import check_backbone_kwargs
@@ -317,11 +311,11 @@ def check_components(config: AgentRunConfig) -> None:
     ``RegistryError``/:class:`ConfigError` naming the fix. Cheap: no data, no weights."""
     check_backbone_kwargs(config.backbone.name, dict(config.backbone.kwargs))
     TRAINING_MODES.get(config.mode)
-    if "planner" not in UNUSED_BY_MODE.get(config.mode, ()):
+    if config.reads("planner"):
         get_planner(config.planner.name, **dict(config.planner.kwargs))
-    if "intention" not in UNUSED_BY_MODE.get(config.mode, ()):
+    if config.reads("intention"):
         INTENTION_BASES.get(config.intention.base)
-    if "baseline" not in UNUSED_BY_MODE.get(config.mode, ()):
+    if config.reads("baseline"):
         FRAME_BASES.get(config.baseline.base)
     if config.reward is not None:  # its options may need the data: checked when built
         REWARDS.get(config.reward)
@@ -362,7 +356,7 @@ def train_agent(
     # sections this mode never reads do not make another run (e.g. the baseline's frame base
     # for an SFP agent)
     run_dir = RunDirectory(config.resolved_run_dir, config, resumable=RESUMABLE_KEYS,
-                           ignore=("run_dir", *UNUSED_BY_MODE.get(config.mode, ())))
+                           ignore=("run_dir", *config.unused_sections))
     acc = start_run(run_dir, resume=resume, seed=train_cfg.seed, cpu=cpu,
                     tensorboard=tensorboard, accelerator=accelerator, project_name="agent")
 
@@ -386,10 +380,8 @@ def train_agent(
         in_frames=spec.in_frames, out_frames=spec.out_frames, chunk_frames=spec.chunk_frames,
         frame_shape=frame_shape, downsample=int(world_model.config.downsample),
         seed=train_cfg.seed,
-        intention_base=("zero" if "intention" in UNUSED_BY_MODE.get(config.mode, ())
-                        else config.intention.base),
-        frame_base=("zero" if "baseline" in UNUSED_BY_MODE.get(config.mode, ())
-                    else config.baseline.base),
+        intention_base=config.intention.base if config.reads("intention") else "zero",
+        frame_base=config.baseline.base if config.reads("baseline") else "zero",
     )
     policy = build_policy(config.mode, arch, world_model)
     reward = _task_reward(config, spec, train_full)

@@ -274,6 +274,7 @@ REWARD_METRIC_NOTES: dict[str, tuple[str, str, str]] = {
     ),
 }
 
+
 def _reward_note(summary: Mapping[str, object], reward_name: str | None
                  ) -> tuple[str, tuple[str, str, str]] | None:
     """``(summary key of the metrics, notes)`` when the reward ``reward_name`` and a metric of
