@@ -95,23 +95,41 @@ class PlannerConfig:
 class IntentionConfig:
     """How the SFP agent forms its intentions (unused in baseline mode).
 
-    ``base``: a name in ``sfp_agents.policies.INTENTION_BASES``; every chunk's action is
-    ``tanh(head output + atanh(base))``. "zero": the head alone. "latent_persistence": the
-    frozen world model's encoder latent of the last observed chunk, so the untrained agent
-    forecasts "the next chunks look like the last one" and training learns the change
-    (chosen on validation for NSE and MHW, ``benchmarks/NOTES.md``).
+    ``head``: a name in ``sfp_agents.policies.checkpoint.AGENT_HEADS``. "latent": a latent head
+    emits the intentions and the forecast is the world model's decode of them
+    (``ForecasterPolicy``). "frames": the agent is the baseline's frame forecaster (same
+    architecture, same initial weights, its start from ``baseline.base``); its intentions are
+    the world model's encoder latents of its own forecast chunks, around which the planner
+    imagines (``FrameAgentPolicy``; SFP as the paper states it).
+
+    ``base`` (latent head only): a name in ``sfp_agents.policies.INTENTION_BASES``; every
+    chunk's action is ``tanh(head output + atanh(base))``. "zero": the head alone.
+    "latent_persistence": the frozen world model's encoder latent of the last observed chunk,
+    so the untrained agent forecasts "the next chunks look like the last one" and training
+    learns the change.
     """
 
+    head: str = "latent"
     base: str = "zero"
 
     def __post_init__(self) -> None:
+        _require("IntentionConfig", "head", isinstance(self.head, str) and bool(self.head),
+                 self.head, "an agent-head name such as 'latent' or 'frames'")
         _require("IntentionConfig", "base", isinstance(self.base, str) and bool(self.base),
                  self.base, "an intention-base name such as 'zero' or 'latent_persistence'")
+        if self.head == "frames" and self.base != "zero":
+            raise ConfigError(
+                f"IntentionConfig: base={self.base!r} starts a latent head's intentions, but "
+                "head='frames' forecasts frames (its intentions are the latents of its forecast)",
+                fix="set intention.base=zero with intention.head=frames, and give the frame "
+                "head its start with baseline.base (e.g. persistence)",
+            )
 
 
 @dataclass
 class BaselineConfig:
-    """The supervised baseline's forecast (unused in sfp mode).
+    """The frame head's forecast: the supervised baseline's, and the SFP agent's with
+    ``intention.head: frames`` (unused by latent-head SFP agents).
 
     ``base``: a name in ``sfp_agents.policies.FRAME_BASES``; the forecast is the frame head's
     output plus the base's frames. "zero": the head alone (the conventional setting, the
@@ -136,6 +154,11 @@ class SFPLossConfig:
         + latent_anchor * MSE(intentions, world_model.encode(truth chunks))
         + code_anchor * CE(-|intentions - codebook|^2 / code_temperature, true chunks' codes)
 
+    With ``only_better`` a sample's pseudo-label (and plan-latent) terms count only when its
+    plan's total reward beats the agent's own forecast's (scored the same way, per chunk); the
+    others contribute 0 to the batch mean. Needed by frame-head agents, whose own forecast is
+    not among the planner's candidates and can score better than every imagined future.
+
     Latents are in the world model's latent units. ``latent_anchor`` is the supervised anchor
     in latent space: it pulls the intention towards the frozen encoder's latent of the true
     chunk (the future the world model itself would use), so the intention lands where the
@@ -152,6 +175,7 @@ class SFPLossConfig:
     latent_anchor: float = 0.0
     code_anchor: float = 0.0
     code_temperature: float = 0.05
+    only_better: bool = False
 
     #: the loss weights (each >= 0, not all 0); ``code_temperature`` is a scale, not a weight
     WEIGHTS: ClassVar[tuple[str, ...]] = (
@@ -166,6 +190,8 @@ class SFPLossConfig:
                      and not isinstance(value, bool) and math.isfinite(value)
                      and (value > 0 if positive else value >= 0),
                      value, "a finite number > 0" if positive else "a finite number >= 0")
+        _require("SFPLossConfig", "only_better", isinstance(self.only_better, bool),
+                 self.only_better, "true or false")
         if sum(getattr(self, name) for name in self.WEIGHTS) <= 0:
             raise ConfigError(
                 "SFPLossConfig: all loss weights are 0, so the agent would not learn",
@@ -278,8 +304,12 @@ class AgentRunConfig:
 
     @property
     def unused_sections(self) -> tuple[str, ...]:
-        """Top-level sections this run's ``mode`` never reads (:data:`UNUSED_BY_MODE`)."""
-        return UNUSED_BY_MODE.get(self.mode, ())
+        """Top-level sections this run never reads: :data:`UNUSED_BY_MODE` of its ``mode``,
+        less ``baseline`` for an SFP agent with a frame head (it reads ``baseline.base``)."""
+        unused = UNUSED_BY_MODE.get(self.mode, ())
+        if self.mode == "sfp" and self.intention.head == "frames":
+            unused = tuple(s for s in unused if s != "baseline")
+        return unused
 
     def reads(self, section: str) -> bool:
         """Whether this run's ``mode`` reads the top-level config ``section``."""

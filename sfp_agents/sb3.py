@@ -371,13 +371,16 @@ class PersistenceIntention:
 class AgentIntention:
     """Base policy ``observation [T_in, C, H, W] -> action [D, h, w]`` from a trained SFP agent.
 
-    ``agent`` is a :class:`~sfp_agents.policies.ForecasterPolicy` or the path of an agent
-    checkpoint (loaded with the env's world model, whose fingerprint must match the one stored).
-    At the first step of an episode the agent maps the observation (the context) to its
-    intentions for all ``S`` chunks, ``[S, D, h, w]`` in [-1, 1]; at step ``s`` the intention
-    for chunk ``s`` is returned, exactly as the agent forecasts on its own. With
-    :class:`CodeChoiceWrapper`, rank 0 everywhere then reproduces the agent's quantized
-    forecast, and the other ranks are the alternatives a planner would search.
+    ``agent`` is an SFP agent (:class:`~sfp_agents.policies.ForecasterPolicy`,
+    :class:`~sfp_agents.policies.FrameAgentPolicy`) or the path of an agent checkpoint (loaded
+    with the env's world model, whose fingerprint must match the one stored). At the first step
+    of an episode the agent maps the observation (the context) to its intentions for all ``S``
+    chunks, ``[S, D, h, w]`` in [-1, 1]; at step ``s`` the intention for chunk ``s`` is
+    returned. For a latent-head agent (``ForecasterPolicy``) that is exactly how it forecasts
+    on its own, so with :class:`CodeChoiceWrapper` rank 0 everywhere reproduces its quantized
+    forecast; a frame-head agent's intentions are the latents of its frame forecast, whose
+    rank-0 decode only approximates that forecast. The other ranks are the alternatives a
+    planner would search.
     """
 
     def __init__(self, env: gym.Env, agent: nn.Module | str | Path) -> None:

@@ -2,9 +2,11 @@
 
 ``build_backbone(name, in_frames, channels, height, width, downsample=4)`` builds a registered
 backbone ("simvp", "convlstm", "fno", "resnet"); ``register_backbone(name, factory)`` adds yours.
-:class:`ForecasterPolicy` is the SFP agent (its intention base from ``INTENTION_BASES``,
-``register_intention_base`` adds yours); :class:`SupervisedForecaster` the MSE baseline (its
-frame base from ``FRAME_BASES``, ``register_frame_base``).
+:class:`ForecasterPolicy` is the SFP agent with a latent head (its intention base from
+``INTENTION_BASES``, ``register_intention_base`` adds yours); :class:`FrameAgentPolicy` the SFP
+agent with a frame head (intentions = the world model's latents of its own frame forecast);
+:class:`SupervisedForecaster` the MSE baseline (its frame base from ``FRAME_BASES``,
+``register_frame_base``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from sfp_agents.policies.forecaster import (
     FRAME_BASES,
     INTENTION_BASES,
     ForecasterPolicy,
+    FrameAgentPolicy,
     SupervisedForecaster,
     register_frame_base,
     register_intention_base,
@@ -24,6 +27,7 @@ __all__ = [
     "build_backbone",
     "register_backbone",
     "ForecasterPolicy",
+    "FrameAgentPolicy",
     "SupervisedForecaster",
     "INTENTION_BASES",
     "register_intention_base",

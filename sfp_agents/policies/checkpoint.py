@@ -6,7 +6,7 @@ An agent checkpoint is one file, ``torch.save`` of a plain dict (read with
     {"format": "sfp.agent", "format_version": 1, "package_version": "0.1.0",
      "mode": "sfp" | "baseline", "task": "sevir",
      "arch": {backbone, backbone_kwargs, in_frames, out_frames, chunk_frames, channels,
-              height, width, downsample, seed, intention_base, frame_base},
+              height, width, downsample, seed, intention_base, frame_base, agent_head},
      "world_model": {"config": {...}, "state_hash": "...", "source": "sevir", "path": "..."}
                     | None,
      "config": {...the run config...}, "metrics": {...}, "state_dict": {...}}
@@ -16,9 +16,11 @@ frozen world model that is *not* stored, so the checkpoint records the world mod
 fingerprint (its config, a hash of its weights, where it came from). :func:`load_agent` refuses a
 world model whose fingerprint differs, listing each differing field.
 
-Policies are built by mode through the ``POLICY_KINDS`` registry ("sfp" -> ForecasterPolicy,
-"baseline" -> SupervisedForecaster); :func:`build_policy` seeds the backbone first, so both
-modes start from the same backbone weights for the same seed.
+Policies are built by mode through the ``POLICY_KINDS`` registry ("sfp" -> the SFP agent of
+``arch["agent_head"]`` from ``AGENT_HEADS``: "latent" -> ForecasterPolicy, "frames" ->
+FrameAgentPolicy; "baseline" -> SupervisedForecaster); :func:`build_policy` seeds the backbone
+first, so both modes start from the same backbone weights for the same seed (and a "frames"
+agent from the very weights of its baseline).
 """
 
 from __future__ import annotations
@@ -32,7 +34,11 @@ import torch
 from torch import nn
 
 from sfp_agents.policies.backbones import build_backbone
-from sfp_agents.policies.forecaster import ForecasterPolicy, SupervisedForecaster
+from sfp_agents.policies.forecaster import (
+    ForecasterPolicy,
+    FrameAgentPolicy,
+    SupervisedForecaster,
+)
 from sfp_env import __version__
 from sfp_env.config import config_diff, to_dict
 from sfp_env.errors import CheckpointError, ConfigError, CorruptDataError, MissingDataError
@@ -46,6 +52,8 @@ __all__ = [
     "PolicyKind",
     "POLICY_KINDS",
     "register_policy_kind",
+    "AGENT_HEADS",
+    "register_agent_head",
     "policy_arch",
     "build_policy",
     "world_model_fingerprint",
@@ -64,11 +72,13 @@ _TRAIN_AGENT = "sfp train-agent --config <task>"
 #: keys of an architecture dict (see :func:`policy_arch`)
 ARCH_KEYS: tuple[str, ...] = (
     "backbone", "backbone_kwargs", "in_frames", "out_frames", "chunk_frames", "channels",
-    "height", "width", "downsample", "seed", "intention_base", "frame_base",
+    "height", "width", "downsample", "seed", "intention_base", "frame_base", "agent_head",
 )
 
 #: architecture keys added after the first checkpoints, with the value those checkpoints mean
-ARCH_DEFAULTS: dict[str, Any] = {"intention_base": "zero", "frame_base": "zero"}
+ARCH_DEFAULTS: dict[str, Any] = {
+    "intention_base": "zero", "frame_base": "zero", "agent_head": "latent",
+}
 
 #: the fingerprint fields a world model must match (``source``/``path`` only say where it was)
 _MATCHED_FINGERPRINT = ("config", "state_hash")
@@ -108,6 +118,34 @@ def _steps(arch: Mapping[str, Any]) -> int:
     return out // chunk
 
 
+#: ``fn(backbone, arch, world_model) -> SFP agent``: the heads an SFP agent may have
+#: (``intention.head`` in an agent config, ``arch["agent_head"]`` in its checkpoint)
+AgentHead = Callable[[nn.Module, Mapping[str, Any], Any], nn.Module]
+AGENT_HEADS: Registry[AgentHead] = Registry("agent_head")
+
+
+def register_agent_head(name: str, build: AgentHead, *, overwrite: bool = False) -> AgentHead:
+    """Register ``build(backbone, arch, world_model) -> policy`` as the SFP agent head ``name``.
+    The policy maps ``[B, T_in, C, H, W]`` to a forecast and has ``forecast_and_intentions``,
+    ``actions``, ``decode`` and ``world_model`` (see ``FrameAgentPolicy``)."""
+    AGENT_HEADS.register(name, build, overwrite=overwrite)
+    return build
+
+
+def _latent_head(backbone: nn.Module, arch: Mapping[str, Any], world_model: Any) -> nn.Module:
+    return ForecasterPolicy(backbone, world_model, steps=_steps(arch),
+                            intention_base=str(arch["intention_base"]))
+
+
+def _frame_head(backbone: nn.Module, arch: Mapping[str, Any], world_model: Any) -> nn.Module:
+    return FrameAgentPolicy(_build_baseline(backbone, arch, None), world_model,
+                            steps=_steps(arch))
+
+
+register_agent_head("latent", _latent_head)
+register_agent_head("frames", _frame_head)
+
+
 def _build_sfp(backbone: nn.Module, arch: Mapping[str, Any], world_model: Any) -> nn.Module:
     wm_chunk = int(world_model.config.chunk_frames)
     if wm_chunk != int(arch["chunk_frames"]):
@@ -116,8 +154,7 @@ def _build_sfp(backbone: nn.Module, arch: Mapping[str, Any], world_model: Any) -
             f"decodes chunks of {wm_chunk} frames",
             fix="use the world model the agent was built for (the task's chunk_frames)",
         )
-    return ForecasterPolicy(backbone, world_model, steps=_steps(arch),
-                            intention_base=str(arch["intention_base"]))
+    return AGENT_HEADS.get(str(arch["agent_head"]))(backbone, arch, world_model)
 
 
 def _build_baseline(backbone: nn.Module, arch: Mapping[str, Any], world_model: Any) -> nn.Module:
@@ -148,10 +185,13 @@ def policy_arch(
     seed: int = 0,
     intention_base: str = "zero",
     frame_base: str = "zero",
+    agent_head: str = "latent",
 ) -> dict[str, Any]:
     """The architecture dict stored in checkpoints; ``frame_shape`` is ``(C, H, W)``;
-    ``intention_base`` (a name in ``INTENTION_BASES``) is read by SFP agents only,
-    ``frame_base`` (a name in ``FRAME_BASES``) by the supervised baseline only."""
+    ``agent_head`` (a name in :data:`AGENT_HEADS`) is read by SFP agents only,
+    ``intention_base`` (a name in ``INTENTION_BASES``) by latent-head SFP agents only,
+    ``frame_base`` (a name in ``FRAME_BASES``) by the frame heads (the supervised baseline and
+    frame-head SFP agents)."""
     c, h, w = (int(v) for v in frame_shape)
     return {
         "backbone": str(backbone),
@@ -166,6 +206,7 @@ def policy_arch(
         "seed": int(seed),
         "intention_base": str(intention_base),
         "frame_base": str(frame_base),
+        "agent_head": str(agent_head),
     }
 
 

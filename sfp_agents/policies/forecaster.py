@@ -1,13 +1,18 @@
-"""Forecaster policies: the SFP agent (intentions decoded by the frozen world model) and the
-supervised baseline (a frame head on the same backbone).
+"""Forecaster policies: the SFP agents and the supervised baseline.
 
-Both map ``context [B, T_in, C, H, W]`` to a forecast ``[B, T_out, C, H, W]`` in ``forward``.
+- :class:`ForecasterPolicy` (``intention.head: latent``): a latent head emits intentions, the
+  forecast is their decode by the frozen world model;
+- :class:`FrameAgentPolicy` (``intention.head: frames``): the baseline's frame forecaster, whose
+  intentions are the world model's encoder latents of its own forecast chunks;
+- :class:`SupervisedForecaster`: the baseline, a frame head on the same backbone.
 
-:class:`ForecasterPolicy` holds the world model **outside** its module tree: the world model is
-not a submodule, so it is absent from ``parameters()`` and ``state_dict()`` (an agent checkpoint
-stores only the backbone and the intention head), and it is frozen on construction. ``policy.to``
-/ ``.cuda`` / ``.float`` still move it (``_apply`` is forwarded), and ``policy.train()`` leaves it
-in eval mode.
+All map ``context [B, T_in, C, H, W]`` to a forecast ``[B, T_out, C, H, W]`` in ``forward``.
+
+The SFP agents hold the world model **outside** their module tree: it is not a submodule, so it
+is absent from ``parameters()`` and ``state_dict()`` (an agent checkpoint stores only the
+trained heads and backbone), and it is frozen on construction. ``policy.to`` / ``.cuda`` /
+``.float`` still move it (``_apply`` is forwarded), and ``policy.train()`` leaves it in eval
+mode.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from sfp_env.registry import Registry
 
 __all__ = [
     "ForecasterPolicy",
+    "FrameAgentPolicy",
     "SupervisedForecaster",
     "freeze_world_model",
     "INTENTION_BASES",
@@ -124,8 +130,105 @@ def _check_base(owner: str, base: Any, expected: tuple[int, ...], layout: str, f
         raise ShapeError(f"{owner} returned {got}, expected {list(expected)} = {layout}", fix=fix)
 
 
-class ForecasterPolicy(nn.Module):
-    """SFP agent: backbone -> intention head -> actions in [-1, 1] -> latents -> frozen decoder.
+class _PlanningPolicy(nn.Module):
+    """What every SFP agent shares: a frozen world model held outside the module tree, ``S``
+    lead-time chunks, and decoding intentions chunk by chunk.
+
+    Subclasses implement :meth:`forecast_and_intentions`; ``forecast``, ``forward``,
+    ``intentions`` and ``actions`` follow from it.
+    """
+
+    def __init__(self, world_model: Any, steps: int) -> None:
+        super().__init__()
+        name = type(self).__name__
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ConfigError(
+                f"{name}: steps must be a positive integer, got {steps!r}",
+                fix="pass S = T_out / chunk_frames of the task",
+            )
+        self.steps = steps
+        d, h, w = (int(v) for v in world_model.latent_shape)
+        self.latent_shape = (d, h, w)
+        self.chunk_frames = int(world_model.config.chunk_frames)
+        # bypass nn.Module.__setattr__ so the world model is not a submodule
+        object.__setattr__(self, "_world_model", freeze_world_model(world_model))
+
+    @property
+    def world_model(self) -> Any:
+        """The frozen world model (not part of ``parameters()`` / ``state_dict()``)."""
+        return self._world_model
+
+    @property
+    def out_frames(self) -> int:
+        """T_out = S * T_f."""
+        return self.steps * self.chunk_frames
+
+    def _apply(self, fn: Any, recurse: bool = True) -> _PlanningPolicy:
+        super()._apply(fn, recurse)
+        self._world_model._apply(fn)
+        return self
+
+    def train(self, mode: bool = True) -> _PlanningPolicy:
+        super().train(mode)
+        self._world_model.eval()
+        return self
+
+    def forecast_and_intentions(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """``[B, T_in, C, H, W]`` -> (forecast ``[B, T_out, C, H, W]``, intentions
+        ``[B, S, D, h, w]``) from one backbone pass."""
+        raise NotImplementedError
+
+    def intentions(self, context: Tensor) -> Tensor:
+        """Latent intentions ``[B, S, D, h, w]`` (world-model latent units)."""
+        return self.forecast_and_intentions(context)[1]
+
+    def actions(self, context: Tensor) -> Tensor:
+        """The intentions as actions ``[B, S, D, h, w]`` in [-1, 1] (the world model's affine
+        latent scale; the envs' action space)."""
+        return self._world_model.latent_to_action(self.intentions(context))
+
+    def decode(self, context: Tensor, intentions: Tensor, quantize: bool = True) -> Tensor:
+        """Decode ``intentions [B, S, D, h, w]`` chunk by chunk -> ``[B, S * T_f, C, H, W]``.
+
+        Each chunk's context is the last ``T_in`` frames of ``context`` followed by the chunks
+        decoded so far. With ``quantize`` each latent is replaced by its top-1 code with a
+        straight-through gradient (``z + (code - z).detach()``), so gradients reach ``z``.
+        """
+        if intentions.dim() != 5 or tuple(intentions.shape[1:]) != (
+            self.steps, *self.latent_shape
+        ):
+            raise ShapeError(
+                f"{type(self).__name__}.decode: intentions {tuple(intentions.shape)}, expected "
+                f"[B, {self.steps}, {', '.join(map(str, self.latent_shape))}]",
+                fix="pass one latent per chunk, e.g. policy.intentions(context)",
+            )
+        wm = self._world_model
+        t_in = context.shape[1]
+        history, chunks = context, []
+        for s in range(self.steps):
+            z = intentions[:, s]
+            if quantize:
+                with torch.no_grad():
+                    code = wm.codes(wm.nearest(z.detach(), 1)[0][:, 0])
+                z = z + (code - z).detach()
+            chunk = wm.decode(z, history)  # [B, T_f, C, H, W]
+            chunks.append(chunk)
+            history = torch.cat([history, chunk], dim=1)[:, -t_in:]
+        return torch.cat(chunks, dim=1)
+
+    def forecast(self, context: Tensor) -> Tensor:
+        """``[B, T_in, C, H, W]`` -> the agent's forecast ``[B, T_out, C, H, W]``."""
+        return self.forecast_and_intentions(context)[0]
+
+    def forward(self, context: Tensor) -> Tensor:
+        """The forecast ``[B, T_out, C, H, W]``."""
+        return self.forecast(context)
+
+
+class ForecasterPolicy(_PlanningPolicy):
+    """SFP agent with a latent head (``intention.head: latent``): backbone -> intention head ->
+    actions in [-1, 1] -> latents -> frozen decoder. Its forecast is the world model's decode of
+    its quantized intentions.
 
     Args:
         backbone: ``[B, T_in, C, H, W]`` -> ``[B, F, h, w]`` with ``out_channels`` F, at the world
@@ -140,15 +243,10 @@ class ForecasterPolicy(nn.Module):
 
     def __init__(self, backbone: nn.Module, world_model: Any, steps: int,
                  intention_base: str = "zero") -> None:
-        super().__init__()
+        super().__init__(world_model, steps)
         INTENTION_BASES.get(intention_base)  # RegistryError listing the bases
         #: the base's name, resolved on every call (a module holding no function pickles)
         self.intention_base = intention_base
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ConfigError(
-                f"ForecasterPolicy: steps must be a positive integer, got {steps!r}",
-                fix="pass S = T_out / chunk_frames of the task",
-            )
         features = getattr(backbone, "out_channels", None)
         if not isinstance(features, int):
             raise ConfigError(
@@ -157,37 +255,12 @@ class ForecasterPolicy(nn.Module):
                 fix="build it with sfp_agents.policies.build_backbone or set out_channels",
             )
         self.backbone = backbone
-        self.steps = steps
-        d, h, w = (int(v) for v in world_model.latent_shape)
-        self.latent_shape = (d, h, w)
-        self.chunk_frames = int(world_model.config.chunk_frames)
+        d = self.latent_shape[0]
         self.head = nn.Sequential(
             nn.Conv2d(features, features, 3, padding=1),
             nn.GELU(),
-            nn.Conv2d(features, steps * d, 1),
+            nn.Conv2d(features, self.steps * d, 1),
         )
-        # bypass nn.Module.__setattr__ so the world model is not a submodule
-        object.__setattr__(self, "_world_model", freeze_world_model(world_model))
-
-    @property
-    def world_model(self) -> Any:
-        """The frozen world model (not part of ``parameters()`` / ``state_dict()``)."""
-        return self._world_model
-
-    @property
-    def out_frames(self) -> int:
-        """T_out = S * T_f."""
-        return self.steps * self.chunk_frames
-
-    def _apply(self, fn: Any, recurse: bool = True) -> ForecasterPolicy:
-        super()._apply(fn, recurse)
-        self._world_model._apply(fn)
-        return self
-
-    def train(self, mode: bool = True) -> ForecasterPolicy:
-        super().train(mode)
-        self._world_model.eval()
-        return self
 
     def actions(self, context: Tensor) -> Tensor:
         """``[B, T_in, C, H, W]`` -> actions ``[B, S, D, h, w]`` in [-1, 1] (tanh), each chunk's
@@ -212,42 +285,61 @@ class ForecasterPolicy(nn.Module):
         """Latent intentions ``[B, S, D, h, w]`` = ``world_model.action_to_latent(actions)``."""
         return self._world_model.action_to_latent(self.actions(context))
 
-    def decode(self, context: Tensor, intentions: Tensor, quantize: bool = True) -> Tensor:
-        """Decode ``intentions [B, S, D, h, w]`` chunk by chunk -> ``[B, S * T_f, C, H, W]``.
-
-        Each chunk's context is the last ``T_in`` frames of ``context`` followed by the chunks
-        decoded so far. With ``quantize`` each latent is replaced by its top-1 code with a
-        straight-through gradient (``z + (code - z).detach()``), so gradients reach ``z``.
-        """
-        if intentions.dim() != 5 or tuple(intentions.shape[1:]) != (
-            self.steps, *self.latent_shape
-        ):
-            raise ShapeError(
-                f"ForecasterPolicy.decode: intentions {tuple(intentions.shape)}, expected "
-                f"[B, {self.steps}, {', '.join(map(str, self.latent_shape))}]",
-                fix="pass one latent per chunk, e.g. policy.intentions(context)",
-            )
-        wm = self._world_model
-        t_in = context.shape[1]
-        history, chunks = context, []
-        for s in range(self.steps):
-            z = intentions[:, s]
-            if quantize:
-                with torch.no_grad():
-                    code = wm.codes(wm.nearest(z.detach(), 1)[0][:, 0])
-                z = z + (code - z).detach()
-            chunk = wm.decode(z, history)  # [B, T_f, C, H, W]
-            chunks.append(chunk)
-            history = torch.cat([history, chunk], dim=1)[:, -t_in:]
-        return torch.cat(chunks, dim=1)
+    def forecast_and_intentions(self, context: Tensor, quantize: bool = True
+                                ) -> tuple[Tensor, Tensor]:
+        """The intentions and their decode (quantized to the top-1 codes by default)."""
+        intentions = self.intentions(context)
+        return self.decode(context, intentions, quantize=quantize), intentions
 
     def forecast(self, context: Tensor, quantize: bool = True) -> Tensor:
         """``[B, T_in, C, H, W]`` -> ``[B, S * T_f, C, H, W]`` through the frozen decoder."""
         return self.decode(context, self.intentions(context), quantize=quantize)
 
-    def forward(self, context: Tensor) -> Tensor:
-        """The quantized forecast ``[B, T_out, C, H, W]``."""
-        return self.forecast(context, quantize=True)
+
+class FrameAgentPolicy(_PlanningPolicy):
+    """SFP agent with a frame head (``intention.head: frames``), SFP as the paper states it: the
+    agent is a conventional frame forecaster (:class:`SupervisedForecaster`, the baseline's very
+    architecture and initialization), and its intention for every chunk is the frozen world
+    model's encoder latent of its own forecast chunk. The planner imagines futures around those
+    latents; the forecast itself stays the frame head's, so the world model's reconstruction
+    error never enters it.
+
+    Args:
+        forecaster: the frame forecaster; its ``out_frames`` must be ``steps * chunk_frames``.
+        world_model: a ``GenerativeWorldModel`` (frozen here; not registered as a submodule).
+        steps: S, the number of lead-time chunks.
+    """
+
+    def __init__(self, forecaster: SupervisedForecaster, world_model: Any, steps: int) -> None:
+        super().__init__(world_model, steps)
+        if int(forecaster.out_frames) != self.out_frames:
+            raise ConfigError(
+                f"FrameAgentPolicy: the forecaster makes {forecaster.out_frames} frames, but "
+                f"{steps} chunks of {self.chunk_frames} are {self.out_frames}",
+                fix="build the forecaster with out_frames = steps * the world model's "
+                "chunk_frames",
+            )
+        self.forecaster = forecaster
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The frame forecaster's backbone."""
+        return self.forecaster.backbone
+
+    def encode_forecast(self, forecast: Tensor) -> Tensor:
+        """``[B, S * T_f, C, H, W]`` -> the encoder latents of its chunks ``[B, S, D, h, w]``
+        (differentiable with respect to ``forecast``; the encoder stays frozen)."""
+        b = forecast.shape[0]
+        chunks = forecast.reshape(b * self.steps, self.chunk_frames, *forecast.shape[2:])
+        return self._world_model.encode(chunks).view(b, self.steps, *self.latent_shape)
+
+    def forecast_and_intentions(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        forecast = self.forecaster(context)
+        return forecast, self.encode_forecast(forecast)
+
+    def forecast(self, context: Tensor) -> Tensor:
+        """The frame head's forecast ``[B, T_out, C, H, W]`` (no world model involved)."""
+        return self.forecaster(context)
 
 
 class SupervisedForecaster(nn.Module):

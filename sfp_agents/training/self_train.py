@@ -14,6 +14,13 @@ H, W])``:
        + loss.latent_anchor * MSE(intentions, world_model.encode(truth chunks))
        + loss.code_anchor * CE(codebook logits of the intentions, the truth chunks' codes)
 
+   (with ``loss.only_better``, the pseudo-label and plan-latent terms of a sample count only
+   when its plan scores better than its forecast).
+
+The agent is a latent head whose forecast is the world model's decode (``intention.head:
+latent``) or the baseline's frame forecaster whose intentions are the world model's latents of
+its forecast (``intention.head: frames``; the paper's formulation).
+
 Mode ``baseline`` trains :class:`SupervisedForecaster` on the same backbone (same seed, hence the
 same initial backbone weights), the same data order, epochs and optimizer, with
 ``MSE(forecast, truth)``. Each process plans its own shard of every batch (the data loader is
@@ -54,7 +61,7 @@ from sfp_agents.agent_config import AGENT_MODES, RESUMABLE_KEYS, AgentRunConfig,
 from sfp_agents.planners import Planner, get_planner
 from sfp_agents.planners.base import check_frozen
 from sfp_agents.policies.backbones import check_backbone_kwargs
-from sfp_agents.policies.checkpoint import build_policy, policy_arch, save_agent
+from sfp_agents.policies.checkpoint import AGENT_HEADS, build_policy, policy_arch, save_agent
 from sfp_agents.policies.forecaster import FRAME_BASES, INTENTION_BASES
 from sfp_agents.training.evaluate import (
     check_windows,
@@ -167,17 +174,25 @@ def code_cross_entropy(world_model: Any, intentions: Tensor, target: Tensor,
 
 
 class IntentionForecaster(nn.Module):
-    """Wraps a :class:`ForecasterPolicy` so one ``forward`` returns both the forecast
-    ``[B, T_out, C, H, W]`` and the intentions ``[B, S, D, h, w]`` it was decoded from (one
-    backbone pass; a single forward call is what DDP synchronizes)."""
+    """Wraps an SFP agent (``ForecasterPolicy``, ``FrameAgentPolicy``) so one ``forward``
+    returns both the forecast ``[B, T_out, C, H, W]`` and the intentions ``[B, S, D, h, w]``
+    (one backbone pass; a single forward call is what DDP synchronizes)."""
 
     def __init__(self, policy: nn.Module) -> None:
         super().__init__()
         self.policy = policy
 
     def forward(self, context: Tensor) -> tuple[Tensor, Tensor]:
-        intentions = self.policy.intentions(context)
-        return self.policy.decode(context, intentions, quantize=True), intentions
+        return self.policy.forecast_and_intentions(context)
+
+
+def _sample_mse(pred: Tensor, target: Tensor, keep: Tensor | None) -> Tensor:
+    """MSE over ``[B, ...]``; with ``keep [B]`` (0/1), each sample's mean squared error times
+    its ``keep``, averaged over the whole batch (dropped samples count as 0)."""
+    if keep is None:
+        return F.mse_loss(pred, target)
+    per_sample = (pred - target).pow(2).flatten(1).mean(1)
+    return (per_sample * keep).mean()
 
 
 class SFPObjective:
@@ -208,11 +223,15 @@ class SFPObjective:
                                  truth)
         pseudo = plan.best_future.detach()
         w = self.weights
-        pseudo_mse = F.mse_loss(forecast, pseudo)
+        with torch.no_grad():
+            own = chunk_rewards(self.reward, forecast.detach(), truth, self.chunk_frames).sum(1)
+            # [B]: 1 where the sample's pseudo-label counts
+            keep = (plan.total_reward > own).to(forecast.dtype) if w.only_better else None
+        pseudo_mse = _sample_mse(forecast, pseudo, keep)
         anchor_mse = F.mse_loss(forecast, truth)
-        latent_mse = F.mse_loss(intentions, plan.latents.detach())
+        latent_mse = _sample_mse(intentions, plan.latents.detach(), keep)
         loss = w.pseudo_label * pseudo_mse + w.anchor * anchor_mse + w.latent * latent_mse
-        terms = {}
+        terms = {} if keep is None else {"pseudo_kept": keep.mean()}
         if w.latent_anchor > 0 or w.code_anchor > 0:
             with torch.no_grad():
                 b, s = intentions.shape[:2]
@@ -231,7 +250,6 @@ class SFPObjective:
             terms["code_anchor_ce"] = code_anchor.detach()
             terms["code_accuracy"] = accuracy
         with torch.no_grad():
-            own = chunk_rewards(self.reward, forecast.detach(), truth, self.chunk_frames).sum(1)
             reward_pseudo = plan.total_reward.mean()
             reward_forecast = own.mean()
         return {
@@ -314,6 +332,7 @@ def check_components(config: AgentRunConfig) -> None:
     if config.reads("planner"):
         get_planner(config.planner.name, **dict(config.planner.kwargs))
     if config.reads("intention"):
+        AGENT_HEADS.get(config.intention.head)
         INTENTION_BASES.get(config.intention.base)
     if config.reads("baseline"):
         FRAME_BASES.get(config.baseline.base)
@@ -382,6 +401,7 @@ def train_agent(
         seed=train_cfg.seed,
         intention_base=config.intention.base if config.reads("intention") else "zero",
         frame_base=config.baseline.base if config.reads("baseline") else "zero",
+        agent_head=config.intention.head if config.reads("intention") else "latent",
     )
     policy = build_policy(config.mode, arch, world_model)
     reward = _task_reward(config, spec, train_full)

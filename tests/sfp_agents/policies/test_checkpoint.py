@@ -9,8 +9,14 @@ import pytest
 import torch
 
 from sfp_agents.agent_config import AgentRunConfig
-from sfp_agents.policies import ForecasterPolicy, SupervisedForecaster, build_backbone
+from sfp_agents.policies import (
+    ForecasterPolicy,
+    FrameAgentPolicy,
+    SupervisedForecaster,
+    build_backbone,
+)
 from sfp_agents.policies.checkpoint import (
+    AGENT_HEADS,
     POLICY_KINDS,
     build_policy,
     load_agent,
@@ -19,7 +25,13 @@ from sfp_agents.policies.checkpoint import (
     save_agent,
     world_model_fingerprint,
 )
-from sfp_env.errors import CheckpointError, ConfigError, CorruptDataError, MissingDataError
+from sfp_env.errors import (
+    CheckpointError,
+    ConfigError,
+    CorruptDataError,
+    MissingDataError,
+    RegistryError,
+)
 from sfp_env.world_model import GenerativeWorldModel, WorldModelConfig
 
 SIZE = 16
@@ -33,13 +45,19 @@ def tiny_world_model(seed: int = 0, codebook_size: int = 16) -> GenerativeWorldM
     return GenerativeWorldModel(config)
 
 
-def tiny_arch(seed: int = 0, backbone: str = "resnet") -> dict:
+def tiny_arch(seed: int = 0, backbone: str = "resnet", **bases: str) -> dict:
     kwargs = {"hidden": 8, "blocks": 1} if backbone == "resnet" else {"hidden": 4, "blocks": 1}
     return policy_arch(
         backbone, kwargs,
         in_frames=13, out_frames=12, chunk_frames=4, frame_shape=(1, SIZE, SIZE), downsample=4,
-        seed=seed,
+        seed=seed, **bases,
     )
+
+
+#: every policy a checkpoint can hold: (mode, agent head); the head only matters for "sfp"
+POLICIES = [(mode, "latent") for mode in sorted(POLICY_KINDS) if mode != "sfp"] + [
+    ("sfp", head) for head in sorted(AGENT_HEADS)
+]
 
 
 @pytest.fixture()
@@ -70,10 +88,24 @@ def test_both_modes_share_the_initial_backbone_for_one_seed(wm_path: Path) -> No
     assert torch.equal(torch.rand(3), expected)
 
 
-@pytest.mark.parametrize("mode", sorted(POLICY_KINDS))
-def test_save_load_round_trip(tmp_path: Path, wm_path: Path, mode: str) -> None:
+def test_a_frame_agent_starts_from_its_baselines_weights(wm_path: Path) -> None:
     wm = GenerativeWorldModel.from_pretrained(wm_path)
-    policy = build_policy(mode, tiny_arch(seed=1), wm)
+    arch = tiny_arch(seed=5, agent_head="frames", frame_base="persistence")
+    agent = build_policy("sfp", arch, wm)
+    base = build_policy("baseline", arch)
+    assert isinstance(agent, FrameAgentPolicy) and agent.forecaster.frame_base == "persistence"
+    a, b = agent.forecaster.state_dict(), base.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with torch.no_grad():
+        assert torch.equal(agent(context()), base(context()))
+    with pytest.raises(RegistryError, match="agent_head"):
+        build_policy("sfp", tiny_arch(agent_head="nope"), wm)
+
+
+@pytest.mark.parametrize(("mode", "head"), POLICIES)
+def test_save_load_round_trip(tmp_path: Path, wm_path: Path, mode: str, head: str) -> None:
+    wm = GenerativeWorldModel.from_pretrained(wm_path)
+    policy = build_policy(mode, tiny_arch(seed=1, agent_head=head), wm)
     with torch.no_grad():  # make the weights differ from a fresh build
         for p in policy.parameters():
             p.add_(0.01 * torch.randn_like(p))
@@ -82,6 +114,7 @@ def test_save_load_round_trip(tmp_path: Path, wm_path: Path, mode: str) -> None:
     loaded, meta = load_agent(path)  # the world model is found through the recorded source
     assert type(loaded) is type(policy) and not loaded.training
     assert meta["mode"] == mode and meta["task"] == "sevir"
+    assert meta["arch"]["agent_head"] == head
     assert meta["arch"]["backbone"] == "resnet"
     assert meta["arch"]["backbone_kwargs"] == {"hidden": 8, "blocks": 1}
     assert meta["metrics"] == {"val/csi_m": 0.25}

@@ -1,4 +1,5 @@
-"""ForecasterPolicy (frozen world model decoder) and SupervisedForecaster (MSE baseline)."""
+"""ForecasterPolicy (frozen world model decoder), FrameAgentPolicy (a frame forecaster as the
+agent) and SupervisedForecaster (MSE baseline)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from sfp_agents.policies import (
     BACKBONES,
     FRAME_BASES,
     ForecasterPolicy,
+    FrameAgentPolicy,
     SupervisedForecaster,
     build_backbone,
 )
@@ -164,3 +166,58 @@ def test_persistence_frame_base_adds_the_last_frame_to_the_head() -> None:
         FRAME_BASES.unregister("test_one_frame")
     with pytest.raises(RegistryError, match="persistence"):
         SupervisedForecaster(backbone, 4, 1, SIZE, SIZE, frame_base="persistance")
+
+
+# --------------------------------------------------------------------------------------------
+# FrameAgentPolicy: the frame forecaster as the SFP agent
+# --------------------------------------------------------------------------------------------
+def frame_agent(wm: GenerativeWorldModel | None = None, base: str = "persistence"
+                ) -> FrameAgentPolicy:
+    torch.manual_seed(1)
+    backbone = build_backbone("resnet", T_IN, 1, SIZE, SIZE, hidden=8)
+    forecaster = SupervisedForecaster(backbone, STEPS * T_F, 1, SIZE, SIZE, frame_base=base)
+    return FrameAgentPolicy(forecaster, wm or world_model(), steps=STEPS)
+
+
+def test_frame_agent_forecasts_frames_and_intends_their_latents() -> None:
+    agent = frame_agent()
+    wm, x = agent.world_model, context()
+    forecast, intentions = agent.forecast_and_intentions(x)
+    assert torch.equal(forecast, agent.forecaster(x)) and torch.equal(agent(x), forecast)
+    assert intentions.shape == (2, STEPS, *wm.latent_shape)
+    for s in range(STEPS):  # chunk s of the forecast, through the frozen encoder
+        expected = wm.encode(forecast[:, s * T_F:(s + 1) * T_F])
+        assert torch.allclose(intentions[:, s], expected, atol=1e-6)
+    actions = agent.actions(x)
+    assert torch.allclose(actions, wm.latent_to_action(intentions), atol=1e-6)
+    assert float(actions.detach().abs().max()) <= 1.0
+    decoded = agent.decode(x, intentions.detach())
+    assert decoded.shape == forecast.shape
+    # a loss on the intentions trains the forecaster through the frozen encoder
+    intentions.pow(2).mean().backward()
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0
+               for p in agent.forecaster.parameters())
+    assert all(p.grad is None for p in wm.parameters())
+    assert agent.backbone is agent.forecaster.backbone
+
+
+def test_frame_agent_holds_only_its_forecaster_and_keeps_the_world_model_frozen() -> None:
+    wm = world_model()
+    agent = frame_agent(wm)
+    assert wm.is_frozen and agent.world_model is wm
+    assert all(k.startswith("forecaster.") for k in agent.state_dict())
+    assert {id(p) for p in wm.parameters()}.isdisjoint(id(p) for p in agent.parameters())
+    agent.train()
+    assert agent.training and not wm.training
+    clone = copy.deepcopy(agent)  # pickles: no function or world model in the module tree
+    with torch.no_grad():
+        assert torch.equal(clone(context()), agent(context()))
+
+
+def test_frame_agent_refuses_a_forecaster_of_another_horizon() -> None:
+    backbone = build_backbone("resnet", T_IN, 1, SIZE, SIZE, hidden=8)
+    forecaster = SupervisedForecaster(backbone, STEPS * T_F + 1, 1, SIZE, SIZE)
+    with pytest.raises(ConfigError, match="out_frames"):
+        FrameAgentPolicy(forecaster, world_model(), steps=STEPS)
+    with pytest.raises(ConfigError, match="steps"):
+        FrameAgentPolicy(forecaster, world_model(), steps=0)

@@ -167,16 +167,20 @@ def test_the_base_is_saved_and_old_checkpoints_mean_zero(tmp_path: Path) -> None
 
 
 def test_an_unknown_base_is_refused_before_training() -> None:
-    config = load_config(AgentRunConfig, "nse", ["intention.base=latent_persistance"])
+    config = load_config(AgentRunConfig, "nse", ["intention.head=latent",
+                                                 "intention.base=latent_persistance"])
     with pytest.raises(RegistryError, match="latent_persistence"):
         check_components(config)
     # the baseline never reads it
     check_components(load_config(AgentRunConfig, "nse", [
-        "mode=baseline", "intention.base=latent_persistance"]))
+        "mode=baseline", "intention.head=latent", "intention.base=latent_persistance"]))
     with pytest.raises(RegistryError, match="unknown intention_base"):
         agent("nope")
-    # likewise the baseline's frame base: checked in baseline mode, never read by the agent
-    with pytest.raises(RegistryError, match="persistence"):
-        check_components(load_config(AgentRunConfig, "nse", [
-            "mode=baseline", "baseline.base=persistance"]))
-    check_components(load_config(AgentRunConfig, "nse", ["baseline.base=persistance"]))
+    # likewise the frame base: checked in baseline mode and for a frame-head agent, never read
+    # by a latent-head agent
+    for extra in (["mode=baseline"], ["intention.head=frames"]):
+        with pytest.raises(RegistryError, match="persistence"):
+            check_components(load_config(AgentRunConfig, "nse", [
+                *extra, "baseline.base=persistance"]))
+    check_components(load_config(AgentRunConfig, "nse", ["intention.head=latent",
+                                                         "baseline.base=persistance"]))

@@ -20,16 +20,18 @@ from sfp_agents.agent_config import AgentRunConfig, SFPLossConfig
 from sfp_agents.cli import main as cli_main
 from sfp_agents.config import load_config, shipped_configs
 from sfp_agents.planners import PLANNERS, BeamSearchPlanner, get_planner, register_planner
+from sfp_agents.policies import FrameAgentPolicy
 from sfp_agents.policies.checkpoint import build_policy, load_agent, policy_arch
 from sfp_agents.training.self_train import (
     IntentionForecaster,
     SFPObjective,
+    check_components,
     chunk_rewards,
     code_cross_entropy,
     train_agent,
 )
 from sfp_env.config import from_dict, to_dict
-from sfp_env.errors import ConfigError, TrainingError
+from sfp_env.errors import ConfigError, RegistryError, TrainingError
 from sfp_env.metrics.rewards import get_reward
 from sfp_env.world_model import GenerativeWorldModel, WorldModelConfig
 
@@ -354,3 +356,82 @@ def test_a_change_in_a_section_the_mode_never_reads_keeps_the_run(tmp_path: Path
                                                       "intention.base": "latent_persistence"})
     with pytest.raises(ConfigError, match="intention.base"):
         train_agent(changed, resume=True, tensorboard=False, progress=False)
+
+
+def test_a_frame_agent_reads_the_frame_base_and_trains_from_its_baselines_weights(
+    tmp_path: Path, wm_path: Path
+) -> None:
+    """``intention.head: frames``: the agent is the baseline's frame forecaster (same weights at
+    step 0, its start from ``baseline.base``), trained with the SFP loss; a change of the frame
+    base is a change of its run."""
+    changes = {"intention.head": "frames", "baseline.base": "persistence",
+               "loss.only_better": True, "train.limit_train_samples": 2, "train.epochs": 3}
+    config = make_config(tmp_path / "f", wm_path, **changes)
+    assert "baseline" not in config.unused_sections and config.reads("intention")
+    assert "baseline" in make_config(tmp_path / "x", wm_path).unused_sections
+    result = train_agent(config, tensorboard=False, progress=False)
+    losses = [h["train/loss"] for h in result.history]
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+    assert {"train/pseudo_kept", "train/pseudo_mse", "train/reward_gain"} <= set(
+        result.history[0])
+    assert all(0.0 <= h["train/pseudo_kept"] <= 1.0 for h in result.history)
+    policy, meta = load_agent(result.best_checkpoint)
+    assert isinstance(policy, FrameAgentPolicy) and meta["mode"] == "sfp"
+    assert (meta["arch"]["agent_head"], meta["arch"]["frame_base"]) == ("frames", "persistence")
+    # step 0 of this run and of its baseline: the same forecaster
+    baseline = build_policy("baseline", {**meta["arch"]})
+    fresh = build_policy("sfp", meta["arch"], policy.world_model)
+    x = torch.rand(2, 13, 1, SIZE, SIZE)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), baseline(x))
+    other = make_config(tmp_path / "f", wm_path, **{**changes, "baseline.base": "zero"})
+    with pytest.raises(ConfigError, match="baseline.base"):
+        train_agent(other, resume=True, tensorboard=False, progress=False)
+
+
+def test_only_better_counts_the_pseudo_labels_of_samples_whose_plan_wins(wm_path: Path) -> None:
+    wm = GenerativeWorldModel.from_pretrained(wm_path).freeze()
+    arch = policy_arch("resnet", BACKBONE_KWARGS, in_frames=13, out_frames=12, chunk_frames=4,
+                       frame_shape=(1, SIZE, SIZE), downsample=4, agent_head="frames",
+                       frame_base="persistence")
+    model = IntentionForecaster(build_policy("sfp", arch, wm))
+    planner, reward = get_planner("beam", beam_width=2, top_k=3), get_reward("neg_mse")
+    gen = torch.Generator().manual_seed(4)
+    context = torch.rand(4, 13, 1, SIZE, SIZE, generator=gen)
+    # the truth of samples 0 and 1 is their own persistence forecast's: no plan beats it there
+    truth = torch.rand(4, 12, 1, SIZE, SIZE, generator=gen)
+    with torch.no_grad():
+        forecast, intentions = model(context)
+        truth[:2] = forecast[:2]
+        plan = planner.plan(context, intentions, wm, reward, truth)
+        own = chunk_rewards(reward, forecast, truth, 4).sum(1)
+    keep = (plan.total_reward > own).float()
+    assert keep[:2].tolist() == [0.0, 0.0] and 0 < float(keep.sum())  # both cases present
+    weights = SFPLossConfig(pseudo_label=0.7, anchor=0.2, latent=0.3, only_better=True)
+    logs = SFPObjective(planner, wm, reward, weights)(model, context, truth)
+    per_sample = (forecast - plan.best_future).pow(2).flatten(1).mean(1)
+    latent = (intentions - plan.latents).pow(2).flatten(1).mean(1)
+    expected = (0.7 * (per_sample * keep).mean() + 0.2 * F.mse_loss(forecast, truth)
+                + 0.3 * (latent * keep).mean())
+    assert float(logs["loss"].detach()) == pytest.approx(float(expected), rel=1e-5)
+    assert float(logs["pseudo_kept"]) == pytest.approx(float(keep.mean()))
+    # without the filter every sample's pseudo-label counts
+    logs_all = SFPObjective(planner, wm, reward, SFPLossConfig(
+        pseudo_label=0.7, anchor=0.2, latent=0.3))(model, context, truth)
+    assert "pseudo_kept" not in logs_all
+    assert float(logs_all["pseudo_mse"]) == pytest.approx(float(per_sample.mean()), rel=1e-5)
+    logs["loss"].backward()
+    assert all(p.grad is None for p in wm.parameters())
+
+
+def test_agent_head_options_are_checked() -> None:
+    with pytest.raises(ConfigError, match="intention.base=zero"):
+        load_config(AgentRunConfig, "nse", ["intention.head=frames",
+                                            "intention.base=latent_persistence"])
+    config = load_config(AgentRunConfig, "nse", ["intention.head=latent",
+                                                 "intention.base=latent_persistence"])
+    assert config.intention.head == "latent" and "baseline" in config.unused_sections
+    with pytest.raises(RegistryError, match="agent_head"):
+        check_components(load_config(AgentRunConfig, "sevir", ["intention.head=pixels"]))
+    with pytest.raises(ConfigError, match="only_better"):
+        load_config(AgentRunConfig, "sevir", ["loss.only_better=1"])
