@@ -178,7 +178,7 @@ def test_an_unknown_base_is_refused_before_training() -> None:
         agent("nope")
     # likewise the frame base: checked in baseline mode and for a frame-head agent, never read
     # by a latent-head agent
-    for extra in (["mode=baseline"], ["intention.head=frames"]):
+    for extra in (["mode=baseline"], ["intention.head=frames", "intention.base=zero"]):
         with pytest.raises(RegistryError, match="persistence"):
             check_components(load_config(AgentRunConfig, "nse", [
                 *extra, "baseline.base=persistance"]))
