@@ -293,7 +293,7 @@ class ForecasterPolicy(_PlanningPolicy):
 
     def forecast(self, context: Tensor, quantize: bool = True) -> Tensor:
         """``[B, T_in, C, H, W]`` -> ``[B, S * T_f, C, H, W]`` through the frozen decoder."""
-        return self.decode(context, self.intentions(context), quantize=quantize)
+        return self.forecast_and_intentions(context, quantize=quantize)[0]
 
 
 class FrameAgentPolicy(_PlanningPolicy):

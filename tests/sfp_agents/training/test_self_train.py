@@ -379,7 +379,7 @@ def test_a_frame_agent_reads_the_frame_base_and_trains_from_its_baselines_weight
     assert isinstance(policy, FrameAgentPolicy) and meta["mode"] == "sfp"
     assert (meta["arch"]["agent_head"], meta["arch"]["frame_base"]) == ("frames", "persistence")
     # step 0 of this run and of its baseline: the same forecaster
-    baseline = build_policy("baseline", {**meta["arch"]})
+    baseline = build_policy("baseline", meta["arch"])
     fresh = build_policy("sfp", meta["arch"], policy.world_model)
     x = torch.rand(2, 13, 1, SIZE, SIZE)
     with torch.no_grad():
