@@ -31,6 +31,7 @@ __all__ = [
     "AGENT_MODES",
     "RESUMABLE_KEYS",
     "UNUSED_BY_MODE",
+    "head_start",
 ]
 
 #: the two Stage-2 modes: the SFP agent and its supervised baseline
@@ -117,13 +118,24 @@ class IntentionConfig:
                  self.head, "an agent-head name such as 'latent' or 'frames'")
         _require("IntentionConfig", "base", isinstance(self.base, str) and bool(self.base),
                  self.base, "an intention-base name such as 'zero' or 'latent_persistence'")
-        if self.head == "frames" and self.base != "zero":
+        start = head_start(self.head)
+        if start != "intention" and self.base != "zero":
             raise ConfigError(
                 f"IntentionConfig: base={self.base!r} starts a latent head's intentions, but "
-                "head='frames' forecasts frames (its intentions are the latents of its forecast)",
-                fix="set intention.base=zero with intention.head=frames, and give the frame "
-                "head its start with baseline.base (e.g. persistence)",
+                f"head={self.head!r} takes its start from {start}.base (it forecasts frames; "
+                "its intentions are the latents of its forecast)",
+                fix=f"set intention.base=zero with intention.head={self.head}, and give the "
+                f"head its start with {start}.base (e.g. persistence)",
             )
+
+
+def head_start(head: str) -> str | None:
+    """The config section whose ``base`` starts the registered SFP agent head ``head``
+    ("intention" or "baseline", see ``sfp_agents.policies.checkpoint.AgentHead``), or None for a
+    name not registered (``check_components`` refuses it before training)."""
+    from sfp_agents.policies.checkpoint import AGENT_HEADS  # lazy: the policies import torch
+
+    return AGENT_HEADS.get(head).start if head in AGENT_HEADS else None
 
 
 @dataclass
@@ -305,10 +317,12 @@ class AgentRunConfig:
     @property
     def unused_sections(self) -> tuple[str, ...]:
         """Top-level sections this run never reads: :data:`UNUSED_BY_MODE` of its ``mode``,
-        less ``baseline`` for an SFP agent with a frame head (it reads ``baseline.base``)."""
+        less the section an SFP agent's head takes its start from (``baseline`` for a frame
+        head, which reads ``baseline.base``; see :func:`head_start`)."""
         unused = UNUSED_BY_MODE.get(self.mode, ())
-        if self.mode == "sfp" and self.intention.head == "frames":
-            unused = tuple(s for s in unused if s != "baseline")
+        if self.mode == "sfp":
+            start = head_start(self.intention.head)
+            unused = tuple(s for s in unused if s != start)
         return unused
 
     def reads(self, section: str) -> bool:

@@ -52,7 +52,9 @@ __all__ = [
     "PolicyKind",
     "POLICY_KINDS",
     "register_policy_kind",
+    "AgentHead",
     "AGENT_HEADS",
+    "HEAD_STARTS",
     "register_agent_head",
     "policy_arch",
     "build_policy",
@@ -118,18 +120,49 @@ def _steps(arch: Mapping[str, Any]) -> int:
     return out // chunk
 
 
-#: ``fn(backbone, arch, world_model) -> SFP agent``: the heads an SFP agent may have
-#: (``intention.head`` in an agent config, ``arch["agent_head"]`` in its checkpoint)
-AgentHead = Callable[[nn.Module, Mapping[str, Any], Any], nn.Module]
+#: where an agent head takes its start from: the config section whose ``base`` it reads
+HEAD_STARTS: tuple[str, ...] = ("intention", "baseline")
+
+
+@dataclass(frozen=True)
+class AgentHead:
+    """How to build one SFP agent head (``intention.head`` in an agent config,
+    ``arch["agent_head"]`` in its checkpoint).
+
+    Attributes:
+        build: ``fn(backbone, arch, world_model) -> policy``.
+        start: the config section whose ``base`` starts the head. "intention": a latent head,
+            started by ``intention.base`` (``INTENTION_BASES``). "baseline": a frame head, started
+            by ``baseline.base`` (``FRAME_BASES``) like the supervised baseline; its
+            ``intention.base`` must stay "zero" and its run reads the ``baseline`` section.
+    """
+
+    build: Callable[[nn.Module, Mapping[str, Any], Any], nn.Module]
+    start: str = "intention"
+
+    def __post_init__(self) -> None:
+        if self.start not in HEAD_STARTS:
+            raise ConfigError(f"AgentHead: start={self.start!r} is not one of {HEAD_STARTS}",
+                              fix="'intention' for a latent head, 'baseline' for a frame head")
+
+
 AGENT_HEADS: Registry[AgentHead] = Registry("agent_head")
 
 
-def register_agent_head(name: str, build: AgentHead, *, overwrite: bool = False) -> AgentHead:
-    """Register ``build(backbone, arch, world_model) -> policy`` as the SFP agent head ``name``.
-    The policy maps ``[B, T_in, C, H, W]`` to a forecast and has ``forecast_and_intentions``,
-    ``actions``, ``decode`` and ``world_model`` (see ``FrameAgentPolicy``)."""
-    AGENT_HEADS.register(name, build, overwrite=overwrite)
-    return build
+def register_agent_head(
+    name: str,
+    build: Callable[[nn.Module, Mapping[str, Any], Any], nn.Module],
+    *,
+    start: str = "intention",
+    overwrite: bool = False,
+) -> AgentHead:
+    """Register ``build(backbone, arch, world_model) -> policy`` as the SFP agent head ``name``,
+    started from the ``base`` of config section ``start`` (see :class:`AgentHead`). The policy
+    maps ``[B, T_in, C, H, W]`` to a forecast and has ``forecast_and_intentions``, ``actions``,
+    ``decode`` and ``world_model`` (see ``FrameAgentPolicy``)."""
+    head = AgentHead(build, start=start)
+    AGENT_HEADS.register(name, head, overwrite=overwrite)
+    return head
 
 
 def _latent_head(backbone: nn.Module, arch: Mapping[str, Any], world_model: Any) -> nn.Module:
@@ -143,7 +176,7 @@ def _frame_head(backbone: nn.Module, arch: Mapping[str, Any], world_model: Any) 
 
 
 register_agent_head("latent", _latent_head)
-register_agent_head("frames", _frame_head)
+register_agent_head("frames", _frame_head, start="baseline")
 
 
 def _build_sfp(backbone: nn.Module, arch: Mapping[str, Any], world_model: Any) -> nn.Module:
@@ -154,7 +187,7 @@ def _build_sfp(backbone: nn.Module, arch: Mapping[str, Any], world_model: Any) -
             f"decodes chunks of {wm_chunk} frames",
             fix="use the world model the agent was built for (the task's chunk_frames)",
         )
-    return AGENT_HEADS.get(str(arch["agent_head"]))(backbone, arch, world_model)
+    return AGENT_HEADS.get(str(arch["agent_head"])).build(backbone, arch, world_model)
 
 
 def _build_baseline(backbone: nn.Module, arch: Mapping[str, Any], world_model: Any) -> nn.Module:

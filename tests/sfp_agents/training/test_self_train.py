@@ -21,7 +21,14 @@ from sfp_agents.cli import main as cli_main
 from sfp_agents.config import load_config, shipped_configs
 from sfp_agents.planners import PLANNERS, BeamSearchPlanner, get_planner, register_planner
 from sfp_agents.policies import FrameAgentPolicy
-from sfp_agents.policies.checkpoint import build_policy, load_agent, policy_arch
+from sfp_agents.policies.checkpoint import (
+    AGENT_HEADS,
+    AgentHead,
+    build_policy,
+    load_agent,
+    policy_arch,
+    register_agent_head,
+)
 from sfp_agents.training.self_train import (
     IntentionForecaster,
     SFPObjective,
@@ -435,3 +442,30 @@ def test_agent_head_options_are_checked() -> None:
         check_components(load_config(AgentRunConfig, "sevir", ["intention.head=pixels"]))
     with pytest.raises(ConfigError, match="only_better"):
         load_config(AgentRunConfig, "sevir", ["loss.only_better=1"])
+
+
+
+def test_a_registered_head_declares_where_it_starts() -> None:
+    """A user's head registered with ``start="baseline"`` is treated as the built-in frame head:
+    its run reads ``baseline`` and refuses a latent ``intention.base``; the default start reads
+    ``intention.base`` as the latent head does. A start outside ``HEAD_STARTS`` is refused."""
+    build = AGENT_HEADS.get("frames").build
+    register_agent_head("test_frame_like", build, start="baseline", overwrite=True)
+    register_agent_head("test_latent_like", build, overwrite=True)
+    try:
+        frame_like = load_config(AgentRunConfig, "sevir", ["intention.head=test_frame_like"])
+        assert frame_like.reads("baseline") and frame_like.reads("intention")
+        with pytest.raises(ConfigError, match="baseline.base"):
+            load_config(AgentRunConfig, "sevir", ["intention.head=test_frame_like",
+                                                  "intention.base=latent_persistence"])
+        latent_like = load_config(AgentRunConfig, "sevir", ["intention.head=test_latent_like",
+                                                            "intention.base=latent_persistence"])
+        assert not latent_like.reads("baseline")
+        base = load_config(AgentRunConfig, "sevir", ["mode=baseline",
+                                                     "intention.head=test_frame_like"])
+        assert not base.reads("intention") and base.reads("baseline")
+    finally:
+        AGENT_HEADS.unregister("test_frame_like")
+        AGENT_HEADS.unregister("test_latent_like")
+    with pytest.raises(ConfigError, match="start"):
+        AgentHead(build, start="frames")
