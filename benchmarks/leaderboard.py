@@ -656,7 +656,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", nargs="+", help="override the suite's tasks")
     parser.add_argument("--backbones", nargs="+", help="override the suite's backbones")
     parser.add_argument("--planners", nargs="+", help="override the suite's planners")
-    parser.add_argument("--seeds", nargs="+", type=int, help="override the suite's seeds")
+    parser.add_argument("--seeds", nargs="+", help="override the suite's seeds (integers)")
     parser.add_argument("--data-root", nargs="+", default=[], metavar="TASK=PATH",
                         help="real data per task, e.g. sevir=/data/sevir")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
@@ -668,17 +668,50 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="extra key=value overrides of every run")
 
 
+def split_options(args: argparse.Namespace) -> tuple[dict[str, list[Any]], dict[str, str],
+                                                     list[str]]:
+    """The suite changes (``tasks``, ``backbones``, ``planners``, ``seeds``), the data roots and
+    the ``key=value`` overrides of parsed ``sfp leaderboard`` arguments. A list option takes
+    every word after it, so ``--tasks sevir train.epochs=1`` hands ``train.epochs=1`` to
+    ``--tasks``: such a word (with ``=``; in ``--data-root``, one whose key is a config key, dotted
+    or top-level) is an override and is moved back to the overrides."""
+    overrides = list(args.overrides or [])
+    changes: dict[str, list[Any]] = {}
+    for key in ("tasks", "backbones", "planners", "seeds"):
+        words = list(getattr(args, key) or [])
+        overrides += [w for w in words if "=" in w]
+        words = [w for w in words if "=" not in w]
+        if key == "seeds":
+            bad = [w for w in words if not w.lstrip("-").isdigit()]
+            if bad:
+                raise ConfigError(f"--seeds takes integers, got {bad}",
+                                  fix="e.g. --seeds 0 1 2")
+            words = [int(w) for w in words]
+        if words:
+            changes[key] = words
+        elif getattr(args, key):
+            raise ConfigError(f"--{key} was given no values (only key=value overrides)",
+                              fix=f"name at least one after --{key}, or leave it out")
+    from sfp_agents.agent_config import AgentRunConfig
+
+    config_keys = {f.name for f in dataclasses.fields(AgentRunConfig)}
+    roots: dict[str, str] = {}
+    for word in args.data_root or []:
+        key = word.split("=", 1)[0]
+        if "." in key or key in config_keys:  # a config override, not TASK=PATH
+            overrides.append(word)
+        else:
+            roots.update({k: str(v) for k, v in parse_overrides([word]).items()})
+    parse_overrides(overrides)  # validates the key=value form
+    return changes, roots, overrides
+
+
 def run(args: argparse.Namespace) -> int:
     name, suite = load_suite(args.suite)
-    changes: dict[str, Any] = {}
-    for key in ("tasks", "backbones", "planners", "seeds"):
-        if getattr(args, key):
-            changes[key] = list(getattr(args, key))
-    if args.overrides:
-        parse_overrides(args.overrides)  # validates the key=value form
-        changes["overrides"] = list(suite.overrides) + list(args.overrides)
+    changes, roots, overrides = split_options(args)
+    if overrides:
+        changes["overrides"] = list(suite.overrides) + overrides
     suite = dataclasses.replace(suite, **changes)
-    roots = parse_overrides(args.data_root)
     unknown = sorted(set(roots) - set(TASKS))
     if unknown:
         raise ConfigError(f"--data-root names unknown tasks {unknown}",

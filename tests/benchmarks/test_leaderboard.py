@@ -4,6 +4,7 @@ Markdown rendered from the JSON alone, and a user-registered backbone appearing 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import inspect
 import json
@@ -19,10 +20,12 @@ from benchmarks.leaderboard import (
     _finished_training,
     _world_model_hash,
     check_rows,
+    configure,
     load_suite,
     render_markdown,
     row_config,
     run_suite,
+    split_options,
     summarize,
 )
 from sfp_agents.agent_config import AgentRunConfig
@@ -338,3 +341,26 @@ def test_a_stored_summary_from_before_references_still_renders() -> None:
         task.pop("references")
     md = render_markdown(old)
     assert "| resnet | beam |" in md and "Reference `" not in md
+
+
+def test_overrides_after_a_list_option_stay_overrides() -> None:
+    """argparse hands every word after ``--tasks`` (or ``--seeds``, ``--data-root``) to it; the
+    ``key=value`` words among them are overrides of every run, not task names."""
+    parser = argparse.ArgumentParser()
+    configure(parser)
+
+    def split(*words: str) -> tuple[dict, dict, list]:
+        return split_options(parser.parse_args(list(words)))
+
+    changes, roots, overrides = split("--tasks", "sevir", "nse", "baseline.base=zero",
+                                      "--seeds", "0", "2", "train.epochs=1")
+    assert changes == {"tasks": ["sevir", "nse"], "seeds": [0, 2]}
+    assert roots == {} and overrides == ["baseline.base=zero", "train.epochs=1"]
+    changes, roots, overrides = split("--data-root", "sevir=/data/sevir", "reward=ssim",
+                                      "loss.anchor=2", "train.seed=3")
+    assert changes == {} and roots == {"sevir": "/data/sevir"}
+    assert overrides == ["reward=ssim", "loss.anchor=2", "train.seed=3"]
+    with pytest.raises(ConfigError, match="--seeds takes integers"):
+        split("--seeds", "zero")
+    with pytest.raises(ConfigError, match="--tasks was given no values"):
+        split("--tasks", "train.epochs=1")
