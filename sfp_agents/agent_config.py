@@ -161,15 +161,22 @@ class BaselineConfig:
 class SFPLossConfig:
     """Weights of the self-training loss (unused in baseline mode)::
 
-        pseudo_label * MSE(forecast, plan.best_future) + anchor * MSE(forecast, truth)
+        pseudo_label * MSE(forecast, pseudo-target) + anchor * MSE(forecast, truth)
         + latent * MSE(intentions, plan.latents)
         + latent_anchor * MSE(intentions, world_model.encode(truth chunks))
         + code_anchor * CE(-|intentions - codebook|^2 / code_temperature, true chunks' codes)
 
+    ``pseudo_target``: a name in ``sfp_agents.training.self_train.PSEUDO_TARGETS``, what the
+    ``pseudo_label`` term pulls the forecast towards. "future": the best imagined future (the
+    paper's pseudo-label). "delta": the forecast plus the change the planner made
+    (``forecast + best_future - decode of the intentions' top-1 codes``), so the world model's
+    reconstruction error cancels.
+
     With ``only_better`` a sample's pseudo-label (and plan-latent) terms count only when its
-    plan's total reward beats the agent's own forecast's (scored the same way, per chunk); the
-    others contribute 0 to the batch mean. Needed by frame-head agents, whose own forecast is
-    not among the planner's candidates and can score better than every imagined future.
+    pseudo-target's total reward beats the agent's own forecast's (scored the same way, per
+    chunk); the others contribute 0 to the batch mean. Needed by frame-head agents, whose own
+    forecast is not among the planner's candidates and can score better than every imagined
+    future.
 
     Latents are in the world model's latent units. ``latent_anchor`` is the supervised anchor
     in latent space: it pulls the intention towards the frozen encoder's latent of the true
@@ -188,6 +195,7 @@ class SFPLossConfig:
     code_anchor: float = 0.0
     code_temperature: float = 0.05
     only_better: bool = False
+    pseudo_target: str = "future"
 
     #: the loss weights (each >= 0, not all 0); ``code_temperature`` is a scale, not a weight
     WEIGHTS: ClassVar[tuple[str, ...]] = (
@@ -204,6 +212,9 @@ class SFPLossConfig:
                      value, "a finite number > 0" if positive else "a finite number >= 0")
         _require("SFPLossConfig", "only_better", isinstance(self.only_better, bool),
                  self.only_better, "true or false")
+        _require("SFPLossConfig", "pseudo_target",
+                 isinstance(self.pseudo_target, str) and bool(self.pseudo_target),
+                 self.pseudo_target, "a pseudo-target name such as 'future' or 'delta'")
         if sum(getattr(self, name) for name in self.WEIGHTS) <= 0:
             raise ConfigError(
                 "SFPLossConfig: all loss weights are 0, so the agent would not learn",

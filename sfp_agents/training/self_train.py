@@ -7,9 +7,11 @@ H, W])``:
    and decodes them through the frozen world model into its forecast ``[B, T_out, C, H, W]``;
 2. the planner searches the world model's imagined futures around the intentions (detached: no
    gradient flows into planning), scoring each chunk with the task reward against the truth;
-3. the best imagined future is the pseudo-label, and the loss is::
+3. the best imagined future is the pseudo-label (``loss.pseudo_target``, ``PSEUDO_TARGETS``:
+   "future", the best future itself, or "delta", the forecast plus the change the planner
+   made), and the loss is::
 
-       loss.pseudo_label * MSE(forecast, plan.best_future)
+       loss.pseudo_label * MSE(forecast, pseudo-target)
        + loss.anchor * MSE(forecast, truth) + loss.latent * MSE(intentions, plan.latents)
        + loss.latent_anchor * MSE(intentions, world_model.encode(truth chunks))
        + loss.code_anchor * CE(codebook logits of the intentions, the truth chunks' codes)
@@ -26,10 +28,10 @@ same initial backbone weights), the same data order, epochs and optimizer, with
 ``MSE(forecast, truth)``. Each process plans its own shard of every batch (the data loader is
 sharded by Accelerate).
 
-Logged per step (TensorBoard ``train/...``): the loss terms, ``reward_pseudo`` (the plan's total
-reward, the sum of its chunk rewards), ``reward_forecast`` (the agent's own forecast scored the
-same way) and their difference ``reward_gain``. Every ``train.val_every`` epochs the task's
-metric suite runs on the validation split (``val/<key>``, see
+Logged per step (TensorBoard ``train/...``): the loss terms, ``reward_pseudo`` (the
+pseudo-target's total reward, the sum of its chunk rewards), ``reward_forecast`` (the agent's
+own forecast scored the same way) and their difference ``reward_gain``. Every
+``train.val_every`` epochs the task's metric suite runs on the validation split (``val/<key>``, see
 :func:`sfp_agents.training.evaluate.suite_metrics`); the best ``val/<domain metric>`` of the task
 (``TaskSpec.domain_metric`` / ``domain_mode``) is kept as ``run_dir/best/agent.pt``
 (:func:`sfp_agents.policies.checkpoint.save_agent`). Run directory, resumption, NaN guard and
@@ -59,7 +61,8 @@ from torch.utils.data import Dataset, Subset
 
 from sfp_agents.agent_config import AGENT_MODES, RESUMABLE_KEYS, AgentRunConfig, SFPLossConfig
 from sfp_agents.planners import Planner, get_planner
-from sfp_agents.planners.base import check_frozen
+from sfp_agents.planners.base import Plan, check_frozen
+from sfp_agents.planners.sampling import rollout
 from sfp_agents.policies.backbones import check_backbone_kwargs
 from sfp_agents.policies.checkpoint import AGENT_HEADS, build_policy, policy_arch, save_agent
 from sfp_agents.policies.forecaster import FRAME_BASES, INTENTION_BASES
@@ -89,6 +92,8 @@ __all__ = [
     "TrainResult",
     "IntentionForecaster",
     "SFPObjective",
+    "PSEUDO_TARGETS",
+    "PseudoTargetInputs",
     "ModeSetup",
     "TRAINING_MODES",
     "chunk_rewards",
@@ -195,6 +200,55 @@ def _sample_mse(pred: Tensor, target: Tensor, keep: Tensor | None) -> Tensor:
     return (per_sample * keep).mean()
 
 
+@dataclass
+class PseudoTargetInputs:
+    """What a pseudo-target is made from (all detached; no gradient flows through them).
+
+    Attributes:
+        context: ``[B, T_in, C, H, W]`` the observed frames.
+        forecast: ``[B, T_out, C, H, W]`` the agent's forecast.
+        intentions: ``[B, S, D, h, w]`` the intentions the planner searched around.
+        plan: the planner's result (``best_future``, ``total_reward``, ...).
+        truth: ``[B, T_out, C, H, W]`` the true future (for scoring only).
+        world_model: the frozen world model; ``reward`` and ``chunk_frames`` score chunks.
+    """
+
+    context: Tensor
+    forecast: Tensor
+    intentions: Tensor
+    plan: Plan
+    truth: Tensor
+    world_model: Any
+    reward: Reward
+    chunk_frames: int
+
+
+#: ``fn(PseudoTargetInputs) -> (target [B, T_out, C, H, W], its total reward [B])``: what the
+#: forecast is pulled towards by the ``pseudo_label`` term (``loss.pseudo_target``)
+PseudoTarget = Callable[[PseudoTargetInputs], tuple[Tensor, Tensor]]
+PSEUDO_TARGETS: Registry[PseudoTarget] = Registry("pseudo_target")
+
+
+def _future_target(x: PseudoTargetInputs) -> tuple[Tensor, Tensor]:
+    """The best imagined future itself (the paper's pseudo-label)."""
+    return x.plan.best_future, x.plan.total_reward
+
+
+def _delta_target(x: PseudoTargetInputs) -> tuple[Tensor, Tensor]:
+    """The forecast plus the change the planner made: ``forecast + best_future - top1``, where
+    ``top1`` is the world model's decode of the intentions' own nearest codes. The decoder's
+    reconstruction error is in both futures and cancels; where the plan keeps the top-1 codes
+    the target is the forecast itself."""
+    top1 = rollout(x.world_model, x.context, x.intentions[:, None], x.reward, x.truth,
+                   x.chunk_frames).futures[:, 0]
+    target = x.forecast + (x.plan.best_future - top1)
+    return target, chunk_rewards(x.reward, target, x.truth, x.chunk_frames).sum(1)
+
+
+PSEUDO_TARGETS.register("future", _future_target)
+PSEUDO_TARGETS.register("delta", _delta_target)
+
+
 class SFPObjective:
     """The self-training loss of one round (see the module docstring).
 
@@ -213,6 +267,7 @@ class SFPObjective:
         self.reward = reward
         self.weights = weights
         self.chunk_frames = int(world_model.config.chunk_frames)
+        self.pseudo_target = PSEUDO_TARGETS.get(weights.pseudo_target)
 
     def __call__(self, model: nn.Module, context: Tensor, truth: Tensor) -> dict[str, Tensor]:
         """``model(context) -> (forecast, intentions)`` (an :class:`IntentionForecaster`,
@@ -221,12 +276,15 @@ class SFPObjective:
         forecast, intentions = model(context)
         plan = self.planner.plan(context, intentions.detach(), self.world_model, self.reward,
                                  truth)
-        pseudo = plan.best_future.detach()
         w = self.weights
         with torch.no_grad():
             own = chunk_rewards(self.reward, forecast.detach(), truth, self.chunk_frames).sum(1)
+            pseudo, pseudo_reward = self.pseudo_target(PseudoTargetInputs(
+                context, forecast.detach(), intentions.detach(), plan, truth,
+                self.world_model, self.reward, self.chunk_frames))
+            pseudo = pseudo.detach()
             # [B]: 1 where the sample's pseudo-label counts
-            keep = (plan.total_reward > own).to(forecast.dtype) if w.only_better else None
+            keep = (pseudo_reward > own).to(forecast.dtype) if w.only_better else None
         pseudo_mse = _sample_mse(forecast, pseudo, keep)
         anchor_mse = F.mse_loss(forecast, truth)
         latent_mse = _sample_mse(intentions, plan.latents.detach(), keep)
@@ -250,7 +308,7 @@ class SFPObjective:
             terms["code_anchor_ce"] = code_anchor.detach()
             terms["code_accuracy"] = accuracy
         with torch.no_grad():
-            reward_pseudo = plan.total_reward.mean()
+            reward_pseudo = pseudo_reward.mean()
             reward_forecast = own.mean()
         return {
             "loss": loss,
@@ -331,6 +389,8 @@ def check_components(config: AgentRunConfig) -> None:
     TRAINING_MODES.get(config.mode)
     if config.reads("planner"):
         get_planner(config.planner.name, **dict(config.planner.kwargs))
+    if config.reads("loss"):
+        PSEUDO_TARGETS.get(config.loss.pseudo_target)
     if config.reads("intention"):
         AGENT_HEADS.get(config.intention.head)
         INTENTION_BASES.get(config.intention.base)

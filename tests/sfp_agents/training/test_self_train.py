@@ -431,6 +431,39 @@ def test_only_better_counts_the_pseudo_labels_of_samples_whose_plan_wins(wm_path
     assert all(p.grad is None for p in wm.parameters())
 
 
+def test_delta_pseudo_target_is_the_forecast_plus_the_planners_change(wm_path: Path) -> None:
+    """``loss.pseudo_target: delta``: target = forecast + best future - the decode of the
+    intentions' top-1 codes; a planner that keeps the top-1 codes leaves the forecast as is."""
+    wm = GenerativeWorldModel.from_pretrained(wm_path).freeze()
+    arch = policy_arch("resnet", BACKBONE_KWARGS, in_frames=13, out_frames=12, chunk_frames=4,
+                       frame_shape=(1, SIZE, SIZE), downsample=4, agent_head="frames",
+                       frame_base="persistence")
+    policy = build_policy("sfp", arch, wm)
+    model = IntentionForecaster(policy)
+    reward = get_reward("neg_mse")
+    gen = torch.Generator().manual_seed(5)
+    context = torch.rand(3, 13, 1, SIZE, SIZE, generator=gen)
+    truth = torch.rand(3, 12, 1, SIZE, SIZE, generator=gen)
+    weights = SFPLossConfig(pseudo_label=1.0, anchor=0.0, latent=0.0, pseudo_target="delta")
+    planner = get_planner("beam", beam_width=2, top_k=3)
+    with torch.no_grad():
+        forecast, intentions = model(context)
+        top1 = policy.decode(context, intentions)
+        plan = planner.plan(context, intentions, wm, reward, truth)
+    target = forecast + plan.best_future - top1
+    assert not torch.allclose(plan.best_future, top1)  # the planner changed something
+    logs = SFPObjective(planner, wm, reward, weights)(model, context, truth)
+    assert float(logs["pseudo_mse"]) == pytest.approx(
+        float(F.mse_loss(forecast, target)), rel=1e-4)
+    assert float(logs["reward_pseudo"]) == pytest.approx(
+        float(chunk_rewards(reward, target, truth, 4).sum(1).mean()), rel=1e-4)
+    greedy = get_planner("beam", beam_width=1, top_k=1)
+    logs = SFPObjective(greedy, wm, reward, weights)(model, context, truth)
+    assert float(logs["pseudo_mse"]) < 1e-10
+    with pytest.raises(RegistryError, match="pseudo_target"):
+        check_components(load_config(AgentRunConfig, "sevir", ["loss.pseudo_target=best"]))
+
+
 def test_agent_head_options_are_checked() -> None:
     with pytest.raises(ConfigError, match="intention.base=zero"):
         load_config(AgentRunConfig, "nse", ["intention.head=frames",
