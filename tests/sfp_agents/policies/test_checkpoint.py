@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from agent_fixtures import SIZE, agent_world_model
 
 from sfp_agents.agent_config import AgentRunConfig
 from sfp_agents.policies import (
@@ -32,17 +33,7 @@ from sfp_env.errors import (
     MissingDataError,
     RegistryError,
 )
-from sfp_env.world_model import GenerativeWorldModel, WorldModelConfig
-
-SIZE = 16
-
-
-def tiny_world_model(seed: int = 0, codebook_size: int = 16) -> GenerativeWorldModel:
-    config = WorldModelConfig(
-        in_frames=13, chunk_frames=4, channels=1, height=SIZE, width=SIZE, latent_dim=4,
-        codebook_size=codebook_size, hidden=4, top_k=4, output_activation="sigmoid", seed=seed,
-    )
-    return GenerativeWorldModel(config)
+from sfp_env.world_model import GenerativeWorldModel
 
 
 def tiny_arch(seed: int = 0, backbone: str = "resnet", **bases: str) -> dict:
@@ -62,7 +53,7 @@ POLICIES = [(mode, "latent") for mode in sorted(POLICY_KINDS) if mode != "sfp"] 
 
 @pytest.fixture()
 def wm_path(tmp_path: Path) -> Path:
-    return tiny_world_model().save_pretrained(tmp_path / "wm.pt", data={}, metrics={})
+    return agent_world_model().save_pretrained(tmp_path / "wm.pt", data={}, metrics={})
 
 
 def context(batch: int = 2) -> torch.Tensor:
@@ -138,10 +129,10 @@ def test_agent_for_another_world_model_is_refused(tmp_path: Path, wm_path: Path)
     policy = build_policy("sfp", tiny_arch(), wm)
     path = save_agent(tmp_path / "agent.pt", policy, {"task": "sevir"})
     with pytest.raises(CheckpointError, match="state_hash") as info:
-        load_agent(path, world_model=tiny_world_model(seed=1))
+        load_agent(path, world_model=agent_world_model(seed=1))
     assert "codebook_size" not in str(info.value)
     with pytest.raises(CheckpointError, match="codebook_size") as info:
-        load_agent(path, world_model=tiny_world_model(codebook_size=8))
+        load_agent(path, world_model=agent_world_model(codebook_size=8))
     assert "expected 16, received 8" in str(info.value)
     # the same weights from another file are accepted (the source only says where it came from)
     copy = wm.save_pretrained(tmp_path / "copy.pt", data={}, metrics={})

@@ -6,21 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from agent_fixtures import SIZE, agent_world_model
 
 from sfp_agents.cli import main as cli_main
 from sfp_agents.policies.checkpoint import build_policy, load_agent, policy_arch, save_agent
 from sfp_env.errors import CheckpointError, CorruptDataError, MissingDataError
-from sfp_env.world_model import GenerativeWorldModel, WorldModelConfig
-
-SIZE = 16
+from sfp_env.world_model import GenerativeWorldModel
 
 
 def _world_model(path: Path) -> Path:
-    config = WorldModelConfig(
-        in_frames=13, chunk_frames=4, channels=1, height=SIZE, width=SIZE, latent_dim=4,
-        codebook_size=16, hidden=4, top_k=4, output_activation="sigmoid",
-    )
-    return GenerativeWorldModel(config).save_pretrained(path, data={}, metrics={})
+    return agent_world_model().save_pretrained(path, data={}, metrics={})
 
 
 def _agent(run: Path, wm_path: Path) -> Path:

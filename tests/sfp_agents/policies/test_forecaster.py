@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from agent_fixtures import SIZE, agent_world_model
 
 from sfp_agents.policies import (
     BACKBONES,
@@ -17,17 +18,13 @@ from sfp_agents.policies import (
     build_backbone,
 )
 from sfp_env.errors import ConfigError, RegistryError, ShapeError
-from sfp_env.world_model import GenerativeWorldModel, WorldModelConfig
+from sfp_env.world_model import GenerativeWorldModel
 
-T_IN, T_F, STEPS, SIZE = 3, 2, 2, 16
+T_IN, T_F, STEPS = 3, 2, 2
 
 
 def world_model() -> GenerativeWorldModel:
-    config = WorldModelConfig(
-        in_frames=T_IN, chunk_frames=T_F, channels=1, height=SIZE, width=SIZE, latent_dim=4,
-        codebook_size=16, hidden=4, top_k=3, output_activation="sigmoid",
-    )
-    return GenerativeWorldModel(config)
+    return agent_world_model(in_frames=T_IN, chunk_frames=T_F, top_k=3)
 
 
 def context(batch: int = 2) -> torch.Tensor:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from agent_fixtures import SIZE, agent_world_model
 from torch import nn
 
 from sfp_agents.agent_config import AgentRunConfig
@@ -23,16 +24,13 @@ from sfp_agents.policies.checkpoint import (
 )
 from sfp_agents.training.self_train import check_components
 from sfp_env.errors import RegistryError, ShapeError
-from sfp_env.world_model import GenerativeWorldModel, WorldModelConfig
+from sfp_env.world_model import GenerativeWorldModel
 
-T_IN, T_F, STEPS, SIZE = 5, 2, 2, 16
+T_IN, T_F, STEPS = 5, 2, 2
 
 
 def world_model() -> GenerativeWorldModel:
-    return GenerativeWorldModel(WorldModelConfig(
-        in_frames=T_IN, chunk_frames=T_F, channels=1, height=SIZE, width=SIZE, latent_dim=4,
-        codebook_size=16, hidden=4, top_k=3, output_activation="sigmoid", seed=0,
-    ))
+    return agent_world_model(in_frames=T_IN, chunk_frames=T_F, top_k=3)
 
 
 def context(batch: int = 3) -> torch.Tensor:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from accelerate import Accelerator, debug_launcher
 from accelerate.state import AcceleratorState, GradientState
+from agent_fixtures import SIZE, agent_world_model
 
 from sfp_agents.cli import main as cli_main
 from sfp_agents.policies.checkpoint import build_policy, load_agent, policy_arch, save_agent
@@ -23,9 +24,8 @@ from sfp_agents.training.evaluate import (
 )
 from sfp_env.errors import CheckpointError, ConfigError, RegistryError
 from sfp_env.metrics.streaming import get_metric_suite
-from sfp_env.world_model import GenerativeWorldModel, WorldModelConfig
+from sfp_env.world_model import GenerativeWorldModel
 
-SIZE = 16
 #: embedded storms at 16x16; the test split has 2 events -> 6 windows (episodes)
 DATA = {"embedded": {"n_train": 2, "n_val": 1, "n_test": 2, "size": SIZE}}
 
@@ -33,11 +33,7 @@ DATA = {"embedded": {"n_train": 2, "n_val": 1, "n_test": 2, "size": SIZE}}
 @pytest.fixture(scope="module")
 def agent_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("agent")
-    wm = GenerativeWorldModel(WorldModelConfig(
-        in_frames=13, chunk_frames=4, channels=1, height=SIZE, width=SIZE, latent_dim=4,
-        codebook_size=16, hidden=4, top_k=4, output_activation="sigmoid",
-    ))
-    wm_path = wm.save_pretrained(folder / "wm.pt", data={}, metrics={})
+    wm_path = agent_world_model().save_pretrained(folder / "wm.pt", data={}, metrics={})
     wm = GenerativeWorldModel.from_pretrained(wm_path)
     arch = policy_arch("resnet", {"hidden": 8, "blocks": 1}, in_frames=13, out_frames=12,
                        chunk_frames=4, frame_shape=(1, SIZE, SIZE), downsample=4, seed=3)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import yaml
 from accelerate import Accelerator, debug_launcher
 from accelerate.state import AcceleratorState, GradientState
+from agent_fixtures import SIZE, agent_world_model
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sfp_agents.agent_config import AgentRunConfig, SFPLossConfig
@@ -40,9 +41,8 @@ from sfp_agents.training.self_train import (
 from sfp_env.config import from_dict, to_dict
 from sfp_env.errors import ConfigError, RegistryError, TrainingError
 from sfp_env.metrics.rewards import get_reward
-from sfp_env.world_model import GenerativeWorldModel, WorldModelConfig
+from sfp_env.world_model import GenerativeWorldModel
 
-SIZE = 16
 #: 2 train events -> 6 windows, 1 val event -> 3 windows (embedded storms, 16x16)
 DATA = {"embedded": {"n_train": 2, "n_val": 1, "n_test": 2, "size": SIZE}}
 NAN_PLANNER = "nan_after_test"
@@ -50,17 +50,10 @@ NAN_PLANNER = "nan_after_test"
 BACKBONE_KWARGS = {"hidden": 8, "blocks": 1}
 
 
-def tiny_world_model(seed: int = 0) -> GenerativeWorldModel:
-    return GenerativeWorldModel(WorldModelConfig(
-        in_frames=13, chunk_frames=4, channels=1, height=SIZE, width=SIZE, latent_dim=4,
-        codebook_size=16, hidden=4, top_k=4, output_activation="sigmoid", seed=seed,
-    ))
-
-
 @pytest.fixture(scope="module")
 def wm_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("wm") / "wm.pt"
-    return tiny_world_model().save_pretrained(path, data={}, metrics={})
+    return agent_world_model().save_pretrained(path, data={}, metrics={})
 
 
 def same_values(a: dict[str, Any], b: dict[str, Any]) -> bool:
