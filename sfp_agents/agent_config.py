@@ -119,7 +119,7 @@ class IntentionConfig:
         _require("IntentionConfig", "base", isinstance(self.base, str) and bool(self.base),
                  self.base, "an intention-base name such as 'zero' or 'latent_persistence'")
         start = head_start(self.head)
-        if start != "intention" and self.base != "zero":
+        if start not in (None, "intention") and self.base != "zero":
             raise ConfigError(
                 f"IntentionConfig: base={self.base!r} starts a latent head's intentions, but "
                 f"head={self.head!r} takes its start from {start}.base (it forecasts frames; "

@@ -464,8 +464,9 @@ def test_agent_head_options_are_checked() -> None:
     config = load_config(AgentRunConfig, "nse", ["intention.head=latent",
                                                  "intention.base=latent_persistence"])
     assert config.intention.head == "latent" and "baseline" in config.unused_sections
-    with pytest.raises(RegistryError, match="agent_head"):
-        check_components(load_config(AgentRunConfig, "sevir", ["intention.head=pixels"]))
+    with pytest.raises(RegistryError, match="agent_head"):  # refused by name, not by its start
+        check_components(load_config(AgentRunConfig, "sevir", [
+            "intention.head=pixels", "intention.base=latent_persistence"]))
     with pytest.raises(ConfigError, match="only_better"):
         load_config(AgentRunConfig, "sevir", ["loss.only_better=1"])
 
