@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from benchmarks.leaderboard import (
+    SUITES_DIR,
     TRAINED_RECORD,
     _finished_training,
     _world_model_hash,
@@ -171,7 +172,7 @@ def test_one_seed_marks_no_difference_and_says_so(results: tuple[dict, Path, dic
     assert "One seed only" not in render_markdown(out)  # two seeds: spreads are shown
 
 
-@pytest.mark.parametrize("suite_name", ["smoke", "small", "full"])
+@pytest.mark.parametrize("suite_name", sorted(p.stem for p in SUITES_DIR.glob("*.yaml")))
 @pytest.mark.parametrize("planner", sorted(PLANNERS))
 def test_every_planner_gets_arguments_it_takes(suite_name: str, planner: str) -> None:
     """A suite's rows for any registered planner build (the config's planner.kwargs belong to
