@@ -172,6 +172,11 @@ class SFPLossConfig:
     (``forecast + best_future - decode of the intentions' top-1 codes``), so the world model's
     reconstruction error cancels.
 
+    ``pseudo_warmup``: optimizer steps at the start of training during which the pseudo-label
+    and plan-latent terms are off (the agent learns from the truth alone, as the baseline
+    does), so the planner first searches around a forecast with some structure; 0: from the
+    first step.
+
     With ``only_better`` a sample's pseudo-label (and plan-latent) terms count only when its
     pseudo-target's total reward beats the agent's own forecast's (scored the same way, per
     chunk); the others contribute 0 to the batch mean. Needed by frame-head agents, whose own
@@ -196,6 +201,7 @@ class SFPLossConfig:
     code_temperature: float = 0.05
     only_better: bool = False
     pseudo_target: str = "future"
+    pseudo_warmup: int = 0
 
     #: the loss weights (each >= 0, not all 0); ``code_temperature`` is a scale, not a weight
     WEIGHTS: ClassVar[tuple[str, ...]] = (
@@ -212,6 +218,9 @@ class SFPLossConfig:
                      value, "a finite number > 0" if positive else "a finite number >= 0")
         _require("SFPLossConfig", "only_better", isinstance(self.only_better, bool),
                  self.only_better, "true or false")
+        _require("SFPLossConfig", "pseudo_warmup", isinstance(self.pseudo_warmup, int)
+                 and not isinstance(self.pseudo_warmup, bool) and self.pseudo_warmup >= 0,
+                 self.pseudo_warmup, "a whole number of optimizer steps >= 0")
         _require("SFPLossConfig", "pseudo_target",
                  isinstance(self.pseudo_target, str) and bool(self.pseudo_target),
                  self.pseudo_target, "a pseudo-target name such as 'future' or 'delta'")

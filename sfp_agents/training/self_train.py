@@ -269,9 +269,12 @@ class SFPObjective:
         self.chunk_frames = int(world_model.config.chunk_frames)
         self.pseudo_target = PSEUDO_TARGETS.get(weights.pseudo_target)
 
-    def __call__(self, model: nn.Module, context: Tensor, truth: Tensor) -> dict[str, Tensor]:
+    def __call__(self, model: nn.Module, context: Tensor, truth: Tensor,
+                 step: int | None = None) -> dict[str, Tensor]:
         """``model(context) -> (forecast, intentions)`` (an :class:`IntentionForecaster`,
-        possibly DDP-wrapped); returns ``{"loss": ..., terms and rewards}``."""
+        possibly DDP-wrapped); returns ``{"loss": ..., terms and rewards}``. ``step``: the
+        optimizer step about to be taken; below ``weights.pseudo_warmup`` the pseudo-label and
+        plan-latent terms are off (None: on)."""
         check_frozen(self.world_model)
         forecast, intentions = model(context)
         plan = self.planner.plan(context, intentions.detach(), self.world_model, self.reward,
@@ -288,7 +291,8 @@ class SFPObjective:
         pseudo_mse = _sample_mse(forecast, pseudo, keep)
         anchor_mse = F.mse_loss(forecast, truth)
         latent_mse = _sample_mse(intentions, plan.latents.detach(), keep)
-        loss = w.pseudo_label * pseudo_mse + w.anchor * anchor_mse + w.latent * latent_mse
+        on = 1.0 if step is None or step >= w.pseudo_warmup else 0.0
+        loss = on * (w.pseudo_label * pseudo_mse + w.latent * latent_mse) + w.anchor * anchor_mse
         terms = {} if keep is None else {"pseudo_kept": keep.mean()}
         if w.latent_anchor > 0 or w.code_anchor > 0:
             with torch.no_grad():
@@ -327,10 +331,11 @@ class SFPObjective:
 # --------------------------------------------------------------------------------------------
 @dataclass
 class ModeSetup:
-    """The module the Trainer optimizes and ``step(model, context, truth) -> logs``."""
+    """The module the Trainer optimizes and ``step(model, context, truth, step) -> logs``
+    (``step``: the optimizer step about to be taken, from 0)."""
 
     model: nn.Module
-    step: Callable[[nn.Module, Tensor, Tensor], Mapping[str, Tensor]]
+    step: Callable[[nn.Module, Tensor, Tensor, int], Mapping[str, Tensor]]
 
 
 def _sfp_mode(config: AgentRunConfig, policy: nn.Module, world_model: Any,
@@ -344,7 +349,7 @@ def _baseline_mode(config: AgentRunConfig, policy: nn.Module, world_model: Any,
                    reward: Reward) -> ModeSetup:
     chunk = int(config.task_spec.chunk_frames)
 
-    def step(model: nn.Module, context: Tensor, truth: Tensor) -> dict[str, Tensor]:
+    def step(model: nn.Module, context: Tensor, truth: Tensor, _step: int) -> dict[str, Tensor]:
         forecast = model(context)
         mse = F.mse_loss(forecast, truth)
         with torch.no_grad():
@@ -477,7 +482,7 @@ def train_agent(
 
     def train_step(batch: Any) -> Mapping[str, Tensor]:
         context, truth = batch[0].float(), batch[1].float()
-        return setup.step(trainer.model, context, truth)
+        return setup.step(trainer.model, context, truth, trainer.state.step)
 
     def validate(state: TrainState) -> dict[str, float]:
         agent = _policy_of(acc.unwrap_model(trainer.model))

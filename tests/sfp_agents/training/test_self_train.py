@@ -457,6 +457,29 @@ def test_delta_pseudo_target_is_the_forecast_plus_the_planners_change(wm_path: P
         check_components(load_config(AgentRunConfig, "sevir", ["loss.pseudo_target=best"]))
 
 
+def test_pseudo_warmup_turns_the_planner_terms_on_at_its_step(wm_path: Path) -> None:
+    """Before ``loss.pseudo_warmup`` optimizer steps the loss is the anchor term alone (the
+    baseline's loss); from that step on the pseudo-label and plan-latent terms count."""
+    wm = GenerativeWorldModel.from_pretrained(wm_path).freeze()
+    arch = policy_arch("resnet", BACKBONE_KWARGS, in_frames=13, out_frames=12, chunk_frames=4,
+                       frame_shape=(1, SIZE, SIZE), downsample=4, agent_head="frames")
+    model = IntentionForecaster(build_policy("sfp", arch, wm))
+    gen = torch.Generator().manual_seed(6)
+    context = torch.rand(2, 13, 1, SIZE, SIZE, generator=gen)
+    truth = torch.rand(2, 12, 1, SIZE, SIZE, generator=gen)
+    weights = SFPLossConfig(pseudo_label=3.0, anchor=0.5, latent=0.2, pseudo_warmup=4)
+    objective = SFPObjective(get_planner("beam", beam_width=2, top_k=3), wm,
+                             get_reward("neg_mse"), weights)
+    for step in (0, 3, 4, 9, None):
+        logs = objective(model, context, truth, step)
+        full = (3.0 * logs["pseudo_mse"] + 0.5 * logs["anchor_mse"] + 0.2 * logs["latent_mse"])
+        expected = 0.5 * logs["anchor_mse"] if step is not None and step < 4 else full
+        assert float(logs["loss"].detach()) == pytest.approx(float(expected), rel=1e-5)
+        assert float(logs["pseudo_mse"]) > 0
+    with pytest.raises(ConfigError, match="pseudo_warmup"):
+        load_config(AgentRunConfig, "sevir", ["loss.pseudo_warmup=-1"])
+
+
 def test_agent_head_options_are_checked() -> None:
     with pytest.raises(ConfigError, match="intention.base=zero"):
         load_config(AgentRunConfig, "nse", ["intention.head=frames",
