@@ -222,36 +222,34 @@ def test_resume_reuses_finished_trainings_and_reproduces_the_numbers(
     assert "were reused" not in render_markdown(out)
 
 
-@pytest.mark.parametrize("mode", ["baseline", "sfp"])
-def test_resume_ignores_only_the_sections_a_mode_never_reads(tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize(("mode", "head"), [("baseline", "latent"), ("sfp", "latent"),
+                                            ("sfp", "frames")])
+def test_resume_ignores_only_the_sections_a_mode_never_reads(tmp_path: Path, mode: str,
+                                                             head: str) -> None:
 
     checkpoint = tmp_path / "agent.pt"
     checkpoint.write_bytes(b"x")
     record = tmp_path / TRAINED_RECORD
 
     def config(*overrides: str) -> AgentRunConfig:
-        return load_config(AgentRunConfig, "sevir", [f"mode={mode}", *overrides])
+        return load_config(AgentRunConfig, "sevir", [f"mode={mode}", f"intention.head={head}",
+                                                     "intention.base=zero", *overrides])
 
     record.write_text(json.dumps({"config": json.loads(json.dumps(to_dict(config()))),
                                   "checkpoint": str(checkpoint),
                                   "world_model_hash": _world_model_hash(config())}))
     assert _finished_training(record, config()) is not None
-    # a baseline never reads the SFP loss weights or the planner; an SFP run does
+    # a baseline never reads the SFP loss weights, the planner or the intention; an SFP run
+    # does; the frame base is read by the baseline and the frame head, not the latent head
     changed_loss = _finished_training(record, config("loss.code_anchor=0.5"))
     changed_planner = _finished_training(record, config("planner.kwargs={beam_width: 3}"))
-    def other(current: str, choices: tuple[str, str]) -> str:  # a value that differs
-        return choices[1] if current == choices[0] else choices[0]
-
-    intention = other(config().intention.base, ("zero", "latent_persistence"))
-    frames = other(config().baseline.base, ("zero", "persistence"))
-    changed_intention = _finished_training(record, config(f"intention.base={intention}"))
+    frames = "zero" if config().baseline.base == "persistence" else "persistence"
     changed_frames = _finished_training(record, config(f"baseline.base={frames}"))
-    if mode == "baseline":
-        assert changed_loss is not None and changed_planner is not None
-        assert changed_intention is not None and changed_frames is None
-    else:
-        assert changed_loss is None and changed_planner is None
-        assert changed_intention is None and changed_frames is not None
+    assert (changed_frames is None) == (mode == "baseline" or head == "frames")
+    assert (changed_loss is None) == (changed_planner is None) == (mode == "sfp")
+    if head == "latent":
+        changed_intention = _finished_training(record, config("intention.base=latent_persistence"))
+        assert (changed_intention is None) == (mode == "sfp")
     assert _finished_training(record, config("train.seed=7")) is None  # read by every mode
     checkpoint.unlink()
     assert _finished_training(record, config()) is None  # the checkpoint is gone
