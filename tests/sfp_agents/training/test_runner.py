@@ -276,14 +276,15 @@ def test_a_folder_written_before_an_option_existed_still_resumes(tmp_path: Path)
     from sfp_agents.config import load_config
     from sfp_env.config import to_dict
 
-    config = load_config(AgentRunConfig, "sevir", ["train.epochs=2"])
+    # the intention section at its defaults (a latent head), as an older version's runs had it
+    config = load_config(AgentRunConfig, "sevir", ["train.epochs=2", "intention.head=latent"])
     RunDirectory(tmp_path, config).open(resume=False)
     # the stored config of an older version: no ``intention`` section (added later)
     stored = to_dict(config)
     stored.pop("intention")
     (tmp_path / RunDirectory.CONFIG).write_text(yaml.safe_dump(stored))
     RunDirectory(tmp_path, config).open(resume=True)  # intention at its default: same run
-    other = load_config(AgentRunConfig, "sevir", ["train.epochs=2",
+    other = load_config(AgentRunConfig, "sevir", ["train.epochs=2", "intention.head=latent",
                                                   "intention.base=latent_persistence"])
     with pytest.raises(ConfigError, match="intention.base"):
         RunDirectory(tmp_path, other).open(resume=True)
