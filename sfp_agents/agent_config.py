@@ -218,8 +218,8 @@ class SFPLossConfig:
                      value, "a finite number > 0" if positive else "a finite number >= 0")
         _require("SFPLossConfig", "only_better", isinstance(self.only_better, bool),
                  self.only_better, "true or false")
-        _require("SFPLossConfig", "pseudo_warmup", isinstance(self.pseudo_warmup, int)
-                 and not isinstance(self.pseudo_warmup, bool) and self.pseudo_warmup >= 0,
+        _require("SFPLossConfig", "pseudo_warmup",
+                 _is_int(self.pseudo_warmup) and self.pseudo_warmup >= 0,
                  self.pseudo_warmup, "a whole number of optimizer steps >= 0")
         _require("SFPLossConfig", "pseudo_target",
                  isinstance(self.pseudo_target, str) and bool(self.pseudo_target),
