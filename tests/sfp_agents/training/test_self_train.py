@@ -50,6 +50,14 @@ NAN_PLANNER = "nan_after_test"
 BACKBONE_KWARGS = {"hidden": 8, "blocks": 1}
 
 
+def sfp_policy(world_model: GenerativeWorldModel, **heads: str) -> torch.nn.Module:
+    """An SFP agent on the small resnet for SEVIR-shaped ``SIZE x SIZE`` frames (13 in, chunks
+    of 4); ``heads``: ``agent_head``, ``frame_base``, ``intention_base`` of its arch."""
+    arch = policy_arch("resnet", BACKBONE_KWARGS, in_frames=13, out_frames=12, chunk_frames=4,
+                       frame_shape=(1, SIZE, SIZE), downsample=4, **heads)
+    return build_policy("sfp", arch, world_model)
+
+
 @pytest.fixture(scope="module")
 def wm_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("wm") / "wm.pt"
@@ -177,9 +185,7 @@ def test_nan_loss_names_step_and_batch_and_keeps_the_last_good_state(
 @pytest.mark.parametrize("latent_anchor", [0.0, 0.4])
 def test_objective_is_the_documented_weighted_sum(wm_path: Path, latent_anchor: float) -> None:
     wm = GenerativeWorldModel.from_pretrained(wm_path).freeze()
-    arch = policy_arch("resnet", BACKBONE_KWARGS, in_frames=13,
-                       out_frames=12, chunk_frames=4, frame_shape=(1, SIZE, SIZE), downsample=4)
-    model = IntentionForecaster(build_policy("sfp", arch, wm))
+    model = IntentionForecaster(sfp_policy(wm))
     planner = get_planner("beam", beam_width=2, top_k=3)
     reward = get_reward("csi_m")
     weights = SFPLossConfig(pseudo_label=0.7, anchor=0.2, latent=0.3,
@@ -236,9 +242,7 @@ def test_code_anchor_is_the_cross_entropy_towards_the_true_codes(wm_path: Path) 
 
 def test_objective_adds_the_code_anchor(wm_path: Path) -> None:
     wm = GenerativeWorldModel.from_pretrained(wm_path).freeze()
-    arch = policy_arch("resnet", BACKBONE_KWARGS, in_frames=13,
-                       out_frames=12, chunk_frames=4, frame_shape=(1, SIZE, SIZE), downsample=4)
-    model = IntentionForecaster(build_policy("sfp", arch, wm))
+    model = IntentionForecaster(sfp_policy(wm))
     planner, reward = get_planner("beam", beam_width=2, top_k=3), get_reward("csi_m")
     gen = torch.Generator().manual_seed(1)
     context = torch.rand(2, 13, 1, SIZE, SIZE, generator=gen)
@@ -265,9 +269,7 @@ def test_unfrozen_world_model_is_refused(wm_path: Path) -> None:
     with pytest.raises(ConfigError, match="frozen"):
         SFPObjective(planner, wm, reward, SFPLossConfig())
     wm.freeze()
-    arch = policy_arch("resnet", BACKBONE_KWARGS, in_frames=13,
-                       out_frames=12, chunk_frames=4, frame_shape=(1, SIZE, SIZE), downsample=4)
-    model = IntentionForecaster(build_policy("sfp", arch, wm))
+    model = IntentionForecaster(sfp_policy(wm))
     objective = SFPObjective(planner, wm, reward, SFPLossConfig())
     wm.decoder.requires_grad_(True)  # unfrozen behind the objective's back
     with pytest.raises(ConfigError, match="require grad"):
@@ -391,10 +393,7 @@ def test_a_frame_agent_reads_the_frame_base_and_trains_from_its_baselines_weight
 
 def test_only_better_counts_the_pseudo_labels_of_samples_whose_plan_wins(wm_path: Path) -> None:
     wm = GenerativeWorldModel.from_pretrained(wm_path).freeze()
-    arch = policy_arch("resnet", BACKBONE_KWARGS, in_frames=13, out_frames=12, chunk_frames=4,
-                       frame_shape=(1, SIZE, SIZE), downsample=4, agent_head="frames",
-                       frame_base="persistence")
-    model = IntentionForecaster(build_policy("sfp", arch, wm))
+    model = IntentionForecaster(sfp_policy(wm, agent_head="frames", frame_base="persistence"))
     planner, reward = get_planner("beam", beam_width=2, top_k=3), get_reward("neg_mse")
     gen = torch.Generator().manual_seed(4)
     context = torch.rand(4, 13, 1, SIZE, SIZE, generator=gen)
@@ -428,10 +427,7 @@ def test_delta_pseudo_target_is_the_forecast_plus_the_planners_change(wm_path: P
     """``loss.pseudo_target: delta``: target = forecast + best future - the decode of the
     intentions' top-1 codes; a planner that keeps the top-1 codes leaves the forecast as is."""
     wm = GenerativeWorldModel.from_pretrained(wm_path).freeze()
-    arch = policy_arch("resnet", BACKBONE_KWARGS, in_frames=13, out_frames=12, chunk_frames=4,
-                       frame_shape=(1, SIZE, SIZE), downsample=4, agent_head="frames",
-                       frame_base="persistence")
-    policy = build_policy("sfp", arch, wm)
+    policy = sfp_policy(wm, agent_head="frames", frame_base="persistence")
     model = IntentionForecaster(policy)
     reward = get_reward("neg_mse")
     gen = torch.Generator().manual_seed(5)
@@ -461,9 +457,7 @@ def test_pseudo_warmup_turns_the_planner_terms_on_at_its_step(wm_path: Path) -> 
     """Before ``loss.pseudo_warmup`` optimizer steps the loss is the anchor term alone (the
     baseline's loss); from that step on the pseudo-label and plan-latent terms count."""
     wm = GenerativeWorldModel.from_pretrained(wm_path).freeze()
-    arch = policy_arch("resnet", BACKBONE_KWARGS, in_frames=13, out_frames=12, chunk_frames=4,
-                       frame_shape=(1, SIZE, SIZE), downsample=4, agent_head="frames")
-    model = IntentionForecaster(build_policy("sfp", arch, wm))
+    model = IntentionForecaster(sfp_policy(wm, agent_head="frames"))
     gen = torch.Generator().manual_seed(6)
     context = torch.rand(2, 13, 1, SIZE, SIZE, generator=gen)
     truth = torch.rand(2, 12, 1, SIZE, SIZE, generator=gen)
