@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from sfp_agents.training.barrier import wait_for_everyone
 from sfp_env import __version__
 from sfp_env.config import from_dict, load_yaml, parse_overrides, to_dict
 from sfp_env.envs.tasks import TASKS, get_task
@@ -241,7 +242,7 @@ def _run_one(
     if trained is None:
         if accelerator.is_main_process and run_dir.exists():
             shutil.rmtree(run_dir)
-        accelerator.wait_for_everyone()
+        wait_for_everyone(accelerator)
         t0 = time.perf_counter()
         result = train_agent(config, accelerator=accelerator)
         trained = {
@@ -256,7 +257,7 @@ def _run_one(
         }
         if accelerator.is_main_process:
             record_path.write_text(json.dumps(trained, indent=1, default=str))
-        accelerator.wait_for_everyone()
+        wait_for_everyone(accelerator)
         trained["reused"] = False
     else:
         trained["reused"] = True
@@ -365,7 +366,7 @@ def run_suite(
         (out_dir / f"{name}.md").write_text(render_markdown(results))
         if suite.panels:
             write_panels(results, out_dir)
-    accelerator.wait_for_everyone()
+    wait_for_everyone(accelerator)
     return results
 
 

@@ -34,6 +34,7 @@ from accelerate.utils import gather_object
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from sfp_agents.training.barrier import main_process_first, wait_for_everyone
 from sfp_env.envs.tasks import TASKS, TaskSpec, get_task
 from sfp_env.errors import CheckpointError, ConfigError, DataError, RegistryError
 from sfp_env.metrics.streaming import MetricCollection, get_metric_suite
@@ -277,7 +278,7 @@ def evaluate_agent(
             data_root = run_config.get("data_root")
             data_kwargs = run_config.get("data_kwargs")
     policy = policy.to(acc.device).eval()
-    with acc.main_process_first():
+    with main_process_first(acc):
         dataset = task_dataset(spec, split, data_root, data_kwargs)
     check_windows(spec, dataset, split)
     suite = task_suite(spec, dataset)
@@ -357,5 +358,5 @@ def run(args: argparse.Namespace) -> int:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(report, indent=1))
             print(f"wrote {out}")
-    acc.wait_for_everyone()
+    wait_for_everyone(acc)
     return 0

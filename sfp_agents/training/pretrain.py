@@ -42,6 +42,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 from sfp_agents.config import GWMRunConfig
+from sfp_agents.training.barrier import main_process_first, wait_for_everyone
 from sfp_agents.training.runner import (
     RunDirectory,
     TrainState,
@@ -238,7 +239,7 @@ def pretrain(
     command = command or f"pretrain(load_config(GWMRunConfig, ...), resume={resume})"
 
     # data first: a config that does not fit the data must not leave a run dir behind
-    with acc.main_process_first():
+    with main_process_first(acc):
         train_set = _build(config, "train")
         val_set = _build(config, "val")
     n_chunks = _check_data(config, train_set, "train")
@@ -350,7 +351,7 @@ def _test_pass(
     step: int,
 ) -> None:
     """Best model on the test split -> ``run_dir/test/{inputs,targets,outputs}.npy`` + metrics."""
-    with acc.main_process_first():
+    with main_process_first(acc):
         test_set = _build(config, "test")
     chunks = _check_data(config, test_set, "test")
     wm = GenerativeWorldModel.from_pretrained(best_path).to(acc.device).eval()
@@ -382,7 +383,7 @@ def _test_pass(
             np.save(out_dir / f"{name}.npy", arrays[name].astype(np.float32))
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
         acc.print(f"test: {json.dumps(metrics)}")
-    acc.wait_for_everyone()
+    wait_for_everyone(acc)
 
 
 # --------------------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 from tqdm.auto import tqdm
 
 from sfp_agents.config import load_config, shipped_configs
+from sfp_agents.training.barrier import wait_for_everyone
 from sfp_env.config import config_diff, from_dict, to_dict
 from sfp_env.errors import CheckpointError, ConfigError, TrainingError
 
@@ -311,7 +312,7 @@ class RunDirectory:
         config. Leftovers of interrupted saves are removed."""
         self.check(resume)
         if accelerator is not None:
-            accelerator.wait_for_everyone()
+            wait_for_everyone(accelerator)
         if accelerator is None or accelerator.is_main_process:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             for leftover in self.state_dir.glob(".tmp_*"):
@@ -320,7 +321,7 @@ class RunDirectory:
                 shutil.rmtree(leftover, ignore_errors=True)
             _write_text_atomic(self.config_path, yaml.safe_dump(self.config, sort_keys=False))
         if accelerator is not None:
-            accelerator.wait_for_everyone()
+            wait_for_everyone(accelerator)
         return self
 
 
@@ -797,9 +798,9 @@ class Trainer:
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
+        wait_for_everyone(acc)
         acc.save_state(str(tmp), safe_serialization=False)
-        acc.wait_for_everyone()
+        wait_for_everyone(acc)
         if acc.is_main_process:
             (tmp / TRAINER_STATE_FILE).write_text(json.dumps(asdict(self.state), indent=1))
             if on_save is not None:
@@ -811,7 +812,7 @@ class Trainer:
             _write_text_atomic(self.run.state_dir / RunDirectory.LATEST, name)
             shutil.rmtree(old, ignore_errors=True)
             self._prune(keep=final)
-        acc.wait_for_everyone()
+        wait_for_everyone(acc)
         self._saved_step = self.state.step
         self._dirty = False
         return final
@@ -1077,7 +1078,7 @@ class Trainer:
                 os.replace(self.run.best_dir, old)
             os.replace(tmp, self.run.best_dir)
             shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()
+        wait_for_everyone(acc)
 
     def _record_epoch(self, metrics: Mapping[str, float], partial: bool) -> None:
         state = self.state

@@ -66,6 +66,7 @@ from sfp_agents.planners.sampling import rollout
 from sfp_agents.policies.backbones import check_backbone_kwargs
 from sfp_agents.policies.checkpoint import AGENT_HEADS, build_policy, policy_arch, save_agent
 from sfp_agents.policies.forecaster import FRAME_BASES, INTENTION_BASES
+from sfp_agents.training.barrier import main_process_first
 from sfp_agents.training.evaluate import (
     check_windows,
     suite_metrics,
@@ -444,7 +445,7 @@ def train_agent(
     acc = start_run(run_dir, resume=resume, seed=train_cfg.seed, cpu=cpu,
                     tensorboard=tensorboard, accelerator=accelerator, project_name="agent")
 
-    with acc.main_process_first():
+    with main_process_first(acc):
         train_full = task_dataset(spec, "train", config.data_root, config.data_kwargs)
         val_full = task_dataset(spec, "val", config.data_root, config.data_kwargs)
     frame_shape = check_windows(spec, train_full, "train")
