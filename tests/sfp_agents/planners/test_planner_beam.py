@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import itertools
 
 import pytest
@@ -105,16 +107,22 @@ def test_single_step_returns_the_best_candidate(wm) -> None:
 
 
 @pytest.mark.parametrize("width", [1, 2, 5])
-def test_batched_equals_the_per_sample_loop(wm, width: int) -> None:
+def test_batched_equals_the_per_sample_loop(wm, width: int, device: torch.device) -> None:
     x = make_inputs(wm, batch=3, steps=3, seed=7)
+    if device.type != "cpu":
+        wm = copy.deepcopy(wm).to(device)
+        x = Inputs(**{f.name: getattr(x, f.name).to(device) for f in dataclasses.fields(x)})
     truth = x.truth
     batched = BeamSearchPlanner(beam_width=width, top_k=K).plan(
         x.context, x.intentions, wm, "neg_mse", truth
     )
     naive = reference_beam_search(x.context, x.intentions, wm, "neg_mse", truth, width, K)
     assert torch.equal(batched.indices, naive.indices)
-    torch.testing.assert_close(batched.best_future, naive.best_future, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(batched.step_rewards, naive.step_rewards, atol=1e-6, rtol=1e-5)
+    # CUDA runs in full float32 (the ``device`` fixture), but its convolution algorithms differ
+    # with the batch size
+    tol = 1e-5 if device.type == "cpu" else 1e-4
+    torch.testing.assert_close(batched.best_future, naive.best_future, atol=tol, rtol=tol)
+    torch.testing.assert_close(batched.step_rewards, naive.step_rewards, atol=tol / 10, rtol=tol)
     torch.testing.assert_close(batched.latents, naive.latents)
     assert batched.stats["candidates_scored"] == naive.stats["candidates_scored"]
     assert batched.stats["beams"] == naive.stats["beams"] == min(width, K**3)

@@ -16,6 +16,7 @@ from agent_fixtures import SIZE, agent_world_model
 
 from sfp_agents.cli import main as cli_main
 from sfp_agents.policies.checkpoint import build_policy, load_agent, policy_arch, save_agent
+from sfp_agents.training.barrier import wait_for_everyone
 from sfp_agents.training.evaluate import (
     episode_blocks,
     evaluate_agent,
@@ -86,7 +87,7 @@ def _two_process_evaluate(agent: str, out: str) -> None:
     metrics = evaluate_agent(agent, "SFP-SEVIR-v0", episodes=5, batch_size=2, accelerator=acc)
     record = {"processes": acc.num_processes, "metrics": metrics}
     Path(out, f"eval{acc.process_index}.json").write_text(json.dumps(record))
-    acc.wait_for_everyone()
+    wait_for_everyone(acc)
 
 
 def test_two_processes_give_the_same_numbers_as_one(agent_path: Path, tmp_path: Path) -> None:

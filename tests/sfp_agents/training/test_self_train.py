@@ -30,6 +30,7 @@ from sfp_agents.policies.checkpoint import (
     policy_arch,
     register_agent_head,
 )
+from sfp_agents.training.barrier import wait_for_everyone
 from sfp_agents.training.self_train import (
     IntentionForecaster,
     SFPObjective,
@@ -326,10 +327,11 @@ def _two_process_train(run_dir: str, wm_path: str, out_dir: str) -> None:
     record = {"processes": acc.num_processes, "steps": result.steps,
               "history": result.history, "best": str(result.best_checkpoint)}
     Path(out_dir, f"rank{acc.process_index}.json").write_text(json.dumps(record))
-    acc.wait_for_everyone()
+    wait_for_everyone(acc)
 
 
-def test_two_processes_train_together(tmp_path: Path, wm_path: Path) -> None:
+def test_two_processes_train_together(fork_safe: None, tmp_path: Path,
+                                      wm_path: Path) -> None:
     debug_launcher(_two_process_train, args=(str(tmp_path / "run"), str(wm_path),
                                               str(tmp_path)), num_processes=2)
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]

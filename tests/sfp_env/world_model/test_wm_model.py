@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -60,6 +62,20 @@ def test_imagine_batched_equals_per_sample(tiny_model, frames):
     batched = m.imagine(ctx, z, 3)
     single = torch.cat([m.imagine(ctx[i:i + 1], z[i:i + 1], 3) for i in range(3)])
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
+
+
+def test_every_device_imagines_what_the_cpu_imagines(tiny_model, frames, device):
+    """Same codes and (to float32 / TF32 rounding) the same futures on every device."""
+    m = tiny_model
+    ctx, z = frames(3, 3), _latent(m, 3)
+    cpu_codes = m.nearest(z, 3)[0]
+    cpu_futures = m.imagine(ctx, z, 3)
+    moved = copy.deepcopy(m).to(device)
+    codes = moved.nearest(z.to(device), 3)[0]
+    futures = moved.imagine(ctx.to(device), z.to(device), 3)
+    assert futures.device.type == device.type
+    assert torch.equal(codes.cpu(), cpu_codes)
+    torch.testing.assert_close(futures.cpu(), cpu_futures, atol=2e-3, rtol=2e-3)
 
 
 def test_decode_candidates_matches_decode(tiny_model, frames):
