@@ -21,6 +21,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from sfp_env.data.netcdf import clear_decoded_cache
 from sfp_env.envs.forecast_env import EmbeddedDataNotice, ForecastEnv
 from sfp_env.envs.tasks import get_task
 from sfp_env.envs.vector_env import BatchedForecastVectorEnv
@@ -44,7 +45,10 @@ def bench_world_model(task: str, height: int, width: int) -> tuple[Any, str]:
 
 
 def _time_steps(env: gym.vector.VectorEnv, actions: np.ndarray, warmup: int) -> float:
-    """Seconds for ``len(actions) - warmup`` vector steps after ``warmup`` untimed ones."""
+    """Seconds for ``len(actions) - warmup`` vector steps after ``warmup`` untimed ones. Both
+    sides start with an empty decoded-data cache (they draw the same episodes, so the second
+    would otherwise read the first one's days from memory)."""
+    clear_decoded_cache()
     env.reset(seed=0)
     for a in actions[:warmup]:
         env.step(a)

@@ -11,6 +11,7 @@ import pytest
 import torch
 import xarray as xr
 
+from sfp_env.data import netcdf
 from sfp_env.data.climatology import OISST_PATTERN
 from sfp_env.data.netcdf import NavierStokesDataset, NetCDFFieldDataset
 from sfp_env.errors import ConfigError, CorruptDataError, DataError, MissingDataError
@@ -99,6 +100,54 @@ def test_explicit_files_and_pickle(norm_root, fx):
     assert xs.shape == (12, 1, 4, 5, 7)
     assert all(xs[i].equal(ds[i][0]) for i in range(12))
     ds.close()
+
+
+# ----------------------------------------------------------------------------- decoded cache
+def test_decoded_steps_are_cached_shared_and_equal_to_fresh_reads(oisst_root, monkeypatch):
+    netcdf._DECODED.clear()
+    kwargs = dict(variable="sst", file_pattern=OISST_PATTERN, years=[2000, 2001], in_frames=3,
+                  out_frames=2)
+    first = NetCDFFieldDataset(oisst_root, **kwargs)
+    windows = [first[i] for i in range(len(first))]  # overlapping windows: 12 days in all
+    assert netcdf._DECODED.nbytes == 12 * first.hw[0] * first.hw[1] * 4
+    # a second dataset of the process reads the same days from the cache, not from the files
+    second = NetCDFFieldDataset(oisst_root, **kwargs)
+    monkeypatch.setattr(NetCDFFieldDataset, "_read_raw", lambda *a: pytest.fail("file read"))
+    assert all(a.equal(b) and c.equal(d) for (a, c), (b, d) in zip(windows, second))
+    monkeypatch.undo()
+    # the cached values are those of an uncached read, NaN handling included
+    monkeypatch.setattr(netcdf, "DECODED_CACHE_BYTES", 0)
+    fresh = NetCDFFieldDataset(oisst_root, **kwargs)
+    assert all(a.equal(b) and c.equal(d) for (a, c), (b, d) in zip(windows, fresh))
+    steps = [5, 0, 5, 11]
+    raw = fresh.read_steps(steps, nan_to_zero=False)
+    monkeypatch.undo()
+    cached = first.read_steps(steps, nan_to_zero=False)
+    np.testing.assert_array_equal(cached, raw)  # NaN in the same places
+    assert np.isnan(cached).any()
+
+
+def test_decoded_cache_is_bounded_and_follows_rewritten_files(oisst_root, fx, monkeypatch):
+    netcdf._DECODED.clear()
+    ds = NetCDFFieldDataset(oisst_root, variable="sst", file_pattern=OISST_PATTERN,
+                            years=[2000, 2001], mode="reconstruction")
+    day = ds.hw[0] * ds.hw[1] * 4
+    monkeypatch.setattr(netcdf, "DECODED_CACHE_BYTES", 3 * day)
+    for i in range(len(ds)):
+        ds[i]
+    assert netcdf._DECODED.nbytes == 3 * day
+    # a file written again (new contents, new modification time) is read again
+    before = ds[0][0].clone()
+    path = ds.files[0]
+    with xr.open_dataset(path) as old:
+        new = old.load()
+    new["sst"] = new["sst"] + 1.0
+    path.unlink()
+    new.to_netcdf(path)
+    ds.close()
+    after = ds[0][0]
+    land = torch.from_numpy(fx.oisst_land())
+    assert torch.allclose(after[0, 0][~land], before[0, 0][~land] + 1.0, atol=1e-2)
 
 
 # ----------------------------------------------------------------------------- errors
