@@ -39,7 +39,8 @@ def fork_safe() -> None:
     with CUDA: autograd refuses to run in a child forked after the parent used its CUDA threads
     ("Unable to handle autograd's threading in combination with fork-based multiprocessing").
     CPU-only machines (CI) always run it; ``accelerate launch`` starts fresh processes and is
-    not affected."""
+    not affected (test_pretrain's two-process ``accelerate launch --cpu`` run covers the
+    trainer's barriers on GPU machines too)."""
     if torch.cuda.is_available():
         pytest.skip("fork-based workers cannot train once the parent used CUDA")
 

@@ -250,6 +250,12 @@ class ProcessLocalCache(Generic[V]):
             self._closer(old)
         return handle
 
+    def discard(self, key: Any) -> None:
+        """Close and forget the handle of ``key`` if this process holds one (the next ``get``
+        opens it again)."""
+        if self._pid == os.getpid() and key in self._items:
+            self._closer(self._items.pop(key))
+
     def clear(self) -> None:
         """Close every handle this process opened."""
         if self._pid == os.getpid():

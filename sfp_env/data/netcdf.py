@@ -54,9 +54,27 @@ __all__ = [
     "find_netcdf_files",
 ]
 
-#: bytes of decoded time steps a process keeps (all NetCDFFieldDatasets together; 0: none).
-#: 256 MiB holds 16,000 days of a 64x64 field, or 64 days of global 0.25-degree OISST.
-DECODED_CACHE_BYTES = 256 * 2**20
+
+
+def _cache_bytes_from_env() -> int:
+    value = os.environ.get("SFP_DECODED_CACHE_MB", "256")
+    try:
+        megabytes = float(value)
+    except ValueError:
+        megabytes = -1.0
+    if not megabytes >= 0:
+        raise ConfigError(
+            f"SFP_DECODED_CACHE_MB must be a number of MiB >= 0, got {value!r}",
+            fix="set SFP_DECODED_CACHE_MB=256 (the default), or 0 to keep no decoded data",
+        )
+    return int(megabytes * 2**20)
+
+
+#: bytes of decoded time steps one process keeps (all its NetCDFFieldDatasets together; 0:
+#: none). Every DataLoader worker and env subprocess holds its own. 256 MiB (the default;
+#: ``SFP_DECODED_CACHE_MB`` sets it) holds 16,000 days of a 64x64 field, or 64 days of global
+#: 0.25-degree OISST.
+DECODED_CACHE_BYTES = _cache_bytes_from_env()
 
 _MODES = ("forecast", "reconstruction")
 NSE_SPLITS = ("train", "val", "test")
@@ -123,6 +141,7 @@ class _FileField:
     def __init__(self, path: Path, variable: str) -> None:
         self.path = path
         self.name = variable
+        self.identity = _file_identity(path) if path.is_file() else None
         self.nc = _scan_open(path)
         try:
             var = _require_variable(self.nc, variable, path)
@@ -166,6 +185,14 @@ class _FileField:
             self.nc.close()
         except Exception:  # closing a broken handle must not mask the real error
             pass
+
+
+def _file_identity(path: Path) -> tuple[int, ...]:
+    """What tells one version of a file from another: device, inode, size, modification and
+    change times (``os.utime`` cannot set the change time, so a copy that keeps the
+    modification time still differs)."""
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _open_xr(path: Path) -> xr.Dataset:
@@ -580,10 +607,15 @@ class NetCDFFieldDataset(ProcessLocalHandles, Dataset):
         if rows is not None or DECODED_CACHE_BYTES <= 0:
             return self._read_raw(file_index, local, rows)
         try:
-            stat = os.stat(self.files[file_index])
+            now = _file_identity(self.files[file_index])
         except OSError:  # gone: the plain read raises the clear error
             return self._read_raw(file_index, local, rows)
-        base = (str(self.files[file_index]), stat.st_mtime_ns, stat.st_size, self.variable,
+        field = self._field(file_index)
+        if field.identity != now:  # the file was replaced since this process opened it
+            self._handles.discard(file_index)
+            field = self._field(file_index)
+        # keyed by the version the handle reads, so a replaced file never serves old data
+        base = (str(self.files[file_index]), field.identity, self.variable,
                 None if self.var_indices is None else tuple(int(i) for i in self.var_indices))
         found = [_DECODED.get((*base, int(t))) for t in local]
         missing = [i for i, value in enumerate(found) if value is None]

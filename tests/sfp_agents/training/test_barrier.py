@@ -46,3 +46,22 @@ def test_main_process_first_orders_the_block(barrier_calls: list, main: bool) ->
         barrier_calls.append("block")
     wait = ("dist", (), {})
     assert barrier_calls == (["block", wait] if main else [wait, "block"])
+
+
+def test_our_code_waits_only_through_this_module() -> None:
+    """Accelerate's own barriers pass device ids (see barrier.py); on a CPU-only machine they
+    work, so only this scan notices a new call that bypasses ours."""
+    import re
+    from pathlib import Path
+
+    root = Path(barrier.__file__).resolve().parents[2]
+    call = re.compile(r"\.(wait_for_everyone|main_process_first)\(")
+    offenders = [
+        f"{path.relative_to(root)}:{n}"
+        for package in ("sfp_agents", "sfp_env", "benchmarks")
+        for path in sorted((root / package).rglob("*.py"))
+        if path.resolve() != Path(barrier.__file__).resolve()
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if call.search(line)
+    ]
+    assert offenders == [], f"use sfp_agents.training.barrier instead: {offenders}"

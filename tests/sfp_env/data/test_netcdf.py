@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import pickle
 
+import netCDF4
 import numpy as np
 import pytest
 import torch
@@ -127,27 +129,57 @@ def test_decoded_steps_are_cached_shared_and_equal_to_fresh_reads(oisst_root, mo
     assert np.isnan(cached).any()
 
 
-def test_decoded_cache_is_bounded_and_follows_rewritten_files(oisst_root, fx, monkeypatch):
+def test_decoded_cache_is_a_bounded_lru(oisst_root, monkeypatch):
     netcdf._DECODED.clear()
     ds = NetCDFFieldDataset(oisst_root, variable="sst", file_pattern=OISST_PATTERN,
                             years=[2000, 2001], mode="reconstruction")
-    day = ds.hw[0] * ds.hw[1] * 4
-    monkeypatch.setattr(netcdf, "DECODED_CACHE_BYTES", 3 * day)
-    for i in range(len(ds)):
+    monkeypatch.setattr(netcdf, "DECODED_CACHE_BYTES", 3 * ds.hw[0] * ds.hw[1] * 4)
+    for i in (0, 1, 2, 0, 3):  # day 0 used again before day 3 arrives: day 1 is the oldest
         ds[i]
-    assert netcdf._DECODED.nbytes == 3 * day
-    # a file written again (new contents, new modification time) is read again
+    assert netcdf._DECODED.nbytes == 3 * ds.hw[0] * ds.hw[1] * 4
+    reads = []
+    real = NetCDFFieldDataset._read_raw
+    monkeypatch.setattr(NetCDFFieldDataset, "_read_raw",
+                        lambda self, f, local, rows: reads.append(int(f)) or real(self, f, local,
+                                                                                  rows))
+    for i in (0, 2, 3):
+        ds[i]
+    assert reads == []
+    ds[1]
+    assert reads == [1]
+
+
+@pytest.mark.parametrize("keep_mtime", [False, True])
+def test_a_replaced_file_is_read_again(oisst_root, fx, keep_mtime):
+    """Replaced in place (same size), without closing the reader, even with the old
+    modification time (``cp -p``): readers of this process see the new values."""
+    netcdf._DECODED.clear()
+    kwargs = dict(variable="sst", file_pattern=OISST_PATTERN, years=[2000, 2001],
+                  mode="reconstruction")
+    ds = NetCDFFieldDataset(oisst_root, **kwargs)
     before = ds[0][0].clone()
     path = ds.files[0]
-    with xr.open_dataset(path) as old:
-        new = old.load()
-    new["sst"] = new["sst"] + 1.0
-    path.unlink()
-    new.to_netcdf(path)
-    ds.close()
-    after = ds[0][0]
-    land = torch.from_numpy(fx.oisst_land())
-    assert torch.allclose(after[0, 0][~land], before[0, 0][~land] + 1.0, atol=1e-2)
+    copy = path.with_suffix(".tmp")
+    copy.write_bytes(path.read_bytes())
+    with netCDF4.Dataset(copy, "a") as nc:
+        nc["sst"][:] = nc["sst"][:] + 1.0
+    assert copy.stat().st_size == path.stat().st_size
+    if keep_mtime:
+        os.utime(copy, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns))
+    os.replace(copy, path)
+    ocean = ~torch.from_numpy(fx.oisst_land())
+    for reader in (ds, NetCDFFieldDataset(oisst_root, **kwargs)):
+        after = reader[0][0]
+        torch.testing.assert_close(after[0, 0][ocean], before[0, 0][ocean] + 1.0, atol=1e-2,
+                                   rtol=0)
+
+
+def test_cache_size_from_the_environment(monkeypatch):
+    monkeypatch.setenv("SFP_DECODED_CACHE_MB", "0.5")
+    assert netcdf._cache_bytes_from_env() == 2**19
+    monkeypatch.setenv("SFP_DECODED_CACHE_MB", "lots")
+    with pytest.raises(ConfigError, match="SFP_DECODED_CACHE_MB"):
+        netcdf._cache_bytes_from_env()
 
 
 # ----------------------------------------------------------------------------- errors
