@@ -8,6 +8,13 @@ candidate latents built from the top-K codes nearest to the intention ``intentio
 - ``candidates="sample"``: candidate 0 is the top-1 code; the others draw each cell's code from
   the top-K with probabilities ``softmax(-sq_distance / temperature)`` (seeded generator).
 
+With ``compose=True`` every beam also gets one *composed* candidate per step: each latent cell
+takes the code of the candidate whose decoded patch (the cell's share of the frame, over the
+chunk's frames and channels) has the lowest squared error against the truth, and the composed
+code map is decoded and scored like the others. Candidates are whole code maps, so without it
+the search never mixes ranks across cells; the composition is a local guess (a code's decoded
+influence reaches beyond its own patch), which the reward then confirms or rejects.
+
 All ``B x beams x N`` candidates of a step are decoded in one ``decode_candidates`` call (each
 beam's context features computed once) and scored in one reward call against the truth chunk.
 Path scores are cumulative rewards; NaN counts as ``-inf`` so it ranks last; the best
@@ -23,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from sfp_agents.planners.base import (
@@ -42,6 +50,7 @@ __all__ = [
     "CANDIDATE_MODES",
     "rank_candidates",
     "sample_candidates",
+    "compose_indices",
 ]
 
 #: ``fn(world_model, intention [B, D, h, w], beams, planner, generator) -> indices
@@ -99,6 +108,26 @@ def _positive_int(name: str, value: Any) -> int:
     return value
 
 
+def compose_indices(indices: Tensor, preds: Tensor, truth: Tensor) -> Tensor:
+    """Per latent cell, the code of the candidate whose decoded patch is nearest the truth.
+
+    Args:
+        indices: ``[B, beams, N, h, w]`` codes of the candidates.
+        preds: ``[B * beams, N, T_f, C, H, W]`` their decoded chunks.
+        truth: ``[B, T_f, C, H, W]`` the truth chunk.
+
+    Returns ``[B, beams, 1, h, w]``: the composed code map of every beam (the squared error is
+    summed over frames and channels and averaged over each cell's share of the frame; ties
+    take the lower candidate).
+    """
+    b, beams, n, h, w = indices.shape
+    rows = preds.reshape(b, beams, n, *preds.shape[2:])
+    error = (rows - truth[:, None, None]).square().sum(dim=(3, 4))  # [B, beams, N, H, W]
+    local = F.adaptive_avg_pool2d(error.flatten(0, 1), (h, w)).view(b, beams, n, h, w)
+    best = local.argmin(dim=2, keepdim=True)  # [B, beams, 1, h, w]
+    return indices.gather(2, best)
+
+
 class BeamSearchPlanner(Planner):
     """Multi-step beam search over top-K codebook candidates (see the module docstring).
 
@@ -111,6 +140,8 @@ class BeamSearchPlanner(Planner):
         temperature: softmax temperature of ``"sample"`` (in squared latent distance units).
         seed: seed of the local generator used by ``"sample"`` (re-seeded at every ``plan``
             call, so a call is a deterministic function of its inputs).
+        compose: add the per-cell composed candidate (see the module docstring), so each beam
+            expands into ``num_candidates + 1`` candidates per step.
     """
 
     name = "beam"
@@ -123,6 +154,7 @@ class BeamSearchPlanner(Planner):
         num_candidates: int | None = None,
         temperature: float = 1.0,
         seed: int = 0,
+        compose: bool = False,
     ) -> None:
         self.width = _positive_int("beam_width", beam_width)
         self.top_k = _positive_int("top_k", top_k)
@@ -143,9 +175,13 @@ class BeamSearchPlanner(Planner):
             )
         self.temperature = float(temperature)
         self.seed = int(seed)
+        if not isinstance(compose, bool):
+            raise ConfigError(f"beam search: compose must be true or false, got {compose!r}",
+                              fix="set compose: true (or leave it out)")
+        self.compose = compose
 
     def candidates_per_step(self) -> int:
-        return self.num_candidates
+        return self.num_candidates + int(self.compose)
 
     def beam_width(self) -> int:
         return self.width
@@ -154,7 +190,7 @@ class BeamSearchPlanner(Planner):
         return (
             f"{type(self).__name__}(beam_width={self.width}, top_k={self.top_k}, "
             f"candidates={self.candidates!r}, num_candidates={self.num_candidates}, "
-            f"temperature={self.temperature}, seed={self.seed})"
+            f"temperature={self.temperature}, seed={self.seed}, compose={self.compose})"
         )
 
     def _plan(
@@ -170,7 +206,7 @@ class BeamSearchPlanner(Planner):
         frame_shape = tuple(context.shape[2:])
         steps = intentions.shape[1]
         latent_shape = tuple(intentions.shape[2:])
-        n = self.num_candidates
+        n = self.candidates_per_step()
         generator = torch.Generator(device=context.device).manual_seed(self.seed)
         rows = torch.arange(b, device=context.device)[:, None]  # [B, 1] for beam gathers
 
@@ -187,12 +223,18 @@ class BeamSearchPlanner(Planner):
         for s in range(steps):
             beams = history.shape[1]
             idx = self.candidate_fn(world_model, intentions[:, s], beams, self, generator)
-            latents = world_model.codes(idx)  # [B, beams, N, D, h, w]
-            preds = world_model.decode_candidates(
-                history.reshape(b * beams, t_in, *frame_shape),
-                latents.reshape(b * beams, n, *latent_shape),
-            )  # [B * beams, N, T_f, C, H, W]
+            contexts = history.reshape(b * beams, t_in, *frame_shape)
             truth_s = truth[:, s * chunk_frames : (s + 1) * chunk_frames]
+            preds = world_model.decode_candidates(
+                contexts, world_model.codes(idx).reshape(b * beams, -1, *latent_shape)
+            )  # [B * beams, N', T_f, C, H, W]
+            if self.compose:
+                mixed = compose_indices(idx, preds, truth_s)  # [B, beams, 1, h, w]
+                preds = torch.cat([preds, world_model.decode_candidates(
+                    contexts, world_model.codes(mixed).reshape(b * beams, 1, *latent_shape)
+                )], dim=1)
+                idx = torch.cat([idx, mixed], dim=2)
+            latents = world_model.codes(idx)  # [B, beams, N, D, h, w]
             truth_s = truth_s[:, None, None].expand(b, beams, n, *truth_s.shape[1:])
             rewards = reward(
                 preds.reshape(b * beams * n, chunk_frames, *frame_shape),
@@ -247,8 +289,9 @@ class GreedyPlanner(BeamSearchPlanner):
         num_candidates: int | None = None,
         temperature: float = 1.0,
         seed: int = 0,
+        compose: bool = False,
     ) -> None:
-        super().__init__(1, top_k, candidates, num_candidates, temperature, seed)
+        super().__init__(1, top_k, candidates, num_candidates, temperature, seed, compose)
 
 
 register_planner("beam", BeamSearchPlanner)

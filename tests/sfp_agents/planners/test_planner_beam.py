@@ -12,8 +12,9 @@ from planner_fixtures import CHUNK, IN_FRAMES, Inputs, make_inputs
 
 from sfp_agents.planners import BeamSearchPlanner, GreedyPlanner, get_planner
 from sfp_agents.planners.base import nan_to_neg_inf
-from sfp_agents.planners.beam import sample_candidates
+from sfp_agents.planners.beam import compose_indices, sample_candidates
 from sfp_agents.planners.reference import reference_beam_search
+from sfp_env.errors import ConfigError
 from sfp_env.metrics.rewards import get_reward
 
 K = 3
@@ -199,3 +200,44 @@ def test_plans_carry_no_graph(wm, inputs: Inputs) -> None:
         inputs.context, intentions, wm, "neg_mse", inputs.truth
     )
     assert not plan.best_future.requires_grad and not plan.latents.requires_grad
+
+
+def test_compose_takes_each_cell_from_the_candidate_nearest_the_truth() -> None:
+    # 2 candidates on a 2x2 latent grid over 4x4 frames: candidate 0 is wrong only in the
+    # top-left patch, candidate 1 everywhere else
+    truth = torch.zeros(1, 2, 1, 4, 4)
+    preds = torch.ones(1, 2, 2, 1, 4, 4)
+    preds[0, 0, :, :, 2:, :] = 0.0
+    preds[0, 0, :, :, :2, 2:] = 0.0
+    preds[0, 1, :, :, :2, :2] = 0.0
+    indices = torch.tensor([[[[10, 11], [12, 13]], [[20, 21], [22, 23]]]])[:, None]  # [1,1,2,2,2]
+    mixed = compose_indices(indices, preds, truth)
+    assert mixed.shape == (1, 1, 1, 2, 2)
+    assert mixed.flatten().tolist() == [20, 11, 12, 13]
+
+
+def test_compose_adds_the_decoded_composition_as_one_more_candidate(wm) -> None:
+    x = make_inputs(wm, batch=3, steps=1, seed=4)
+    plain = BeamSearchPlanner(beam_width=2, top_k=K).plan(x.context, x.intentions, wm,
+                                                           "neg_mse", x.truth)
+    planner = BeamSearchPlanner(beam_width=2, top_k=K, compose=True)
+    assert planner.candidates_per_step() == K + 1
+    plan = planner.plan(x.context, x.intentions, wm, "neg_mse", x.truth)
+    assert plan.stats["candidates_scored"] == 3 * (K + 1)
+    # one step: the candidates are a superset, so the best can only get better
+    assert bool((plan.total_reward >= plain.total_reward - 1e-7).all())
+    with torch.no_grad():
+        ranked = wm.nearest(x.intentions[:, 0], K)[0]  # [B, K, h, w]
+        decoded = wm.decode_candidates(x.context, wm.codes(ranked))
+        mixed = compose_indices(ranked[:, None], decoded, x.truth)[:, 0, 0]
+        composed = wm.decode(wm.codes(mixed), x.context)
+        own = NEG_MSE(composed, x.truth)
+    better = own > plain.total_reward
+    assert bool(better.any()), "the composition should beat the ranks somewhere"
+    torch.testing.assert_close(plan.total_reward, torch.maximum(own, plain.total_reward))
+    torch.testing.assert_close(plan.indices[better, 0], mixed[better])
+
+
+def test_compose_must_be_a_bool() -> None:
+    with pytest.raises(ConfigError, match="compose"):
+        BeamSearchPlanner(compose="yes")
