@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import warnings
 
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -34,15 +35,11 @@ def device(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> t
 
 
 @pytest.fixture
-def fork_safe() -> None:
-    """Skip a test that trains in workers forked by accelerate's ``debug_launcher`` on a machine
-    with CUDA: autograd refuses to run in a child forked after the parent used its CUDA threads
-    ("Unable to handle autograd's threading in combination with fork-based multiprocessing").
-    CPU-only machines (CI) always run it; ``accelerate launch`` starts fresh processes and is
-    not affected (test_pretrain's two-process ``accelerate launch --cpu`` run covers the
-    trainer's barriers on GPU machines too)."""
-    if torch.cuda.is_available():
-        pytest.skip("fork-based workers cannot train once the parent used CUDA")
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a test's process group)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -192,19 +191,14 @@ def test_climate_reconstruction_setup(tmp_path: Path) -> None:
     np.testing.assert_allclose(recon.numpy(), outputs, atol=1e-5)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_two_process_cpu_run_writes_one_checkpoint(tmp_path: Path, nse_root: Path) -> None:
+def test_two_process_cpu_run_writes_one_checkpoint(tmp_path: Path, nse_root: Path,
+                                                    free_port: int) -> None:
     run_dir = tmp_path / "run"
     cfg_path = _write_config(tmp_path / "tiny.yaml", nse_root, run_dir)
     launcher = Path(sys.executable).with_name("accelerate")
     cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()),
+           "--main_process_port", str(free_port),
            "-m", "sfp_agents", "train-gwm", "--config", str(cfg_path), "--cpu",
            "--no-progress", "--no-tensorboard", "train.max_steps=2", "train.save_every=2"]
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}

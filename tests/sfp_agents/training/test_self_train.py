@@ -12,8 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from accelerate import Accelerator, debug_launcher
-from accelerate.state import AcceleratorState, GradientState
+from accelerate import Accelerator
+from accelerate.launchers import PrepareForLaunch
+from accelerate.utils import patch_environment
 from agent_fixtures import SIZE, agent_world_model
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -317,11 +318,8 @@ def test_shipped_agent_configs() -> None:
 
 
 def _two_process_train(run_dir: str, wm_path: str, out_dir: str) -> None:
-    # the forked child must not reuse the parent's (single-process) Accelerate state
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
     acc = Accelerator(cpu=True)
-    torch.set_num_threads(1)  # after Accelerator, which sets 2; OpenMP threads hang after fork
+    torch.set_num_threads(1)  # after Accelerator, which sets 2
     config = make_config(Path(run_dir), Path(wm_path), **{"train.epochs": 2})
     result = train_agent(config, accelerator=acc, tensorboard=False, progress=False)
     record = {"processes": acc.num_processes, "steps": result.steps,
@@ -330,10 +328,17 @@ def _two_process_train(run_dir: str, wm_path: str, out_dir: str) -> None:
     wait_for_everyone(acc)
 
 
-def test_two_processes_train_together(fork_safe: None, tmp_path: Path,
-                                      wm_path: Path) -> None:
-    debug_launcher(_two_process_train, args=(str(tmp_path / "run"), str(wm_path),
-                                              str(tmp_path)), num_processes=2)
+def test_two_processes_train_together(tmp_path: Path, wm_path: Path, free_port: int) -> None:
+    # accelerate's debug_launcher, with spawned instead of forked workers: autograd refuses to
+    # run in a child forked after the parent used CUDA, as earlier tests do on a GPU machine
+    with patch_environment(world_size=2, master_addr="127.0.0.1", master_port=str(free_port),
+                           accelerate_mixed_precision="no", accelerate_use_cpu="yes",
+                           accelerate_debug_rdv_file=str(tmp_path / "rdv"),
+                           gloo_socket_ifname="lo"):
+        torch.multiprocessing.start_processes(
+            PrepareForLaunch(_two_process_train, debug=True),
+            args=(str(tmp_path / "run"), str(wm_path), str(tmp_path)), nprocs=2,
+            start_method="spawn")
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]
     assert [r["processes"] for r in ranks] == [2, 2]
     # 6 windows, 2 per process and step -> 1 full step per epoch on each process (drop_last)
