@@ -223,18 +223,20 @@ class BeamSearchPlanner(Planner):
         for s in range(steps):
             beams = history.shape[1]
             idx = self.candidate_fn(world_model, intentions[:, s], beams, self, generator)
+            latents = world_model.codes(idx)  # [B, beams, N', D, h, w]
             contexts = history.reshape(b * beams, t_in, *frame_shape)
             truth_s = truth[:, s * chunk_frames : (s + 1) * chunk_frames]
             preds = world_model.decode_candidates(
-                contexts, world_model.codes(idx).reshape(b * beams, -1, *latent_shape)
+                contexts, latents.reshape(b * beams, -1, *latent_shape)
             )  # [B * beams, N', T_f, C, H, W]
             if self.compose:
                 mixed = compose_indices(idx, preds, truth_s)  # [B, beams, 1, h, w]
+                mixed_latents = world_model.codes(mixed)
                 preds = torch.cat([preds, world_model.decode_candidates(
-                    contexts, world_model.codes(mixed).reshape(b * beams, 1, *latent_shape)
+                    contexts, mixed_latents.reshape(b * beams, 1, *latent_shape)
                 )], dim=1)
                 idx = torch.cat([idx, mixed], dim=2)
-            latents = world_model.codes(idx)  # [B, beams, N, D, h, w]
+                latents = torch.cat([latents, mixed_latents], dim=2)  # N = N' + 1
             truth_s = truth_s[:, None, None].expand(b, beams, n, *truth_s.shape[1:])
             rewards = reward(
                 preds.reshape(b * beams * n, chunk_frames, *frame_shape),

@@ -10,9 +10,9 @@ slice is read raw with ``netCDF4`` and decoded by xarray's CF decoder (``decode_
 values of ``xr.open_dataset`` at ~1 ms per file opened instead of ~3-20 ms (this matters for
 thousands of daily OISST files). Open files are cached per process only (at most 128), so the
 datasets pickle to DataLoader workers without handles. Decoded time steps are kept too, in one
-LRU per process shared by every dataset (``DECODED_CACHE_BYTES``, keyed by file, modification
-time and size, so a rewritten file is read again): windows overlap, and a daily file costs
-~1.5 ms to open and decode each time. The NSE reader (one file per split) uses
+LRU per process shared by every dataset (``DECODED_CACHE_BYTES``, keyed by the version of the
+file the open handle reads, so a replaced file is read again): windows overlap, and a daily
+file costs ~1.5 ms to open and decode each time. The NSE reader (one file per split) uses
 ``xr.open_dataset`` directly.
 """
 
@@ -53,7 +53,6 @@ __all__ = [
     "NSE_SPLITS",
     "find_netcdf_files",
 ]
-
 
 
 def _cache_bytes_from_env() -> int:
