@@ -3,7 +3,8 @@
 - :mod:`~sfp_env.metrics.categorical`: contingency tables (``>=`` thresholds, optional
   max-pooling), CSI, POD, FAR, HSS, bias, CSI-M.
 - :mod:`~sfp_env.metrics.image`: MSE, MAE, SSIM (Wang et al. 2004 settings).
-- :mod:`~sfp_env.metrics.spectrum`: velocity, energy and TKE spectra of vorticity, spectral errors.
+- :mod:`~sfp_env.metrics.spectrum`: velocity, energy and TKE spectra of vorticity,
+  power spectra of any field, spectral errors.
 - :mod:`~sfp_env.metrics.heatwave`: marine-heatwave cell scores with a land mask.
 - :mod:`~sfp_env.metrics.streaming`: mergeable accumulators and the ``METRIC_SUITES`` registry.
 - :mod:`~sfp_env.metrics.rewards`: ``REWARDS``, ``get_reward`` (``[N, T, C, H, W]`` -> ``[N]``).
@@ -35,6 +36,8 @@ from sfp_env.metrics.rewards import REWARDS, Reward, RewardFn, get_reward, regis
 from sfp_env.metrics.spectrum import (
     energy_spectrum,
     energy_spectrum_error,
+    power_spectrum,
+    psd_error,
     tke_spectrum,
     tke_spectrum_error,
     turbulent_kinetic_energy,
@@ -76,6 +79,8 @@ __all__ = [
     "tke_spectrum",
     "tke_spectrum_error",
     "energy_spectrum_error",
+    "power_spectrum",
+    "psd_error",
     "heatwave_contingency",
     "heatwave_events",
     "heatwave_event_contingency",

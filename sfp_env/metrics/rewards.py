@@ -38,7 +38,7 @@ from sfp_env.metrics.categorical import (
 )
 from sfp_env.metrics.heatwave import check_mask, check_threshold, heatwave_contingency
 from sfp_env.metrics.image import sample_ssim
-from sfp_env.metrics.spectrum import energy_spectrum_error, tke_spectrum_error
+from sfp_env.metrics.spectrum import energy_spectrum_error, psd_error, tke_spectrum_error
 from sfp_env.registry import Registry, check_factory_kwargs
 
 __all__ = [
@@ -283,6 +283,23 @@ def neg_spectrum_error_reward(k_max: int | None = None, rel_eps: float = 1e-6) -
     return reward
 
 
+def neg_psd_error_reward(
+    k_min: int = 1, k_max: int | None = None, rel_eps: float = 1e-6, abs_eps: float = 1e-10
+) -> RewardFn:
+    """Minus the log error of each image's radially averaged power spectrum, mean over frames
+    and channels (:func:`~sfp_env.metrics.spectrum.psd_error`): a sharpness and intensity score
+    for any field (a blurred forecast loses power at high wavenumbers)."""
+    if k_max is not None:
+        k_max = check_positive(k_max, "k_max", integer=True)
+    rel_eps = check_positive(rel_eps, "rel_eps")
+
+    def reward(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        err = psd_error(pred, truth, k_min=k_min, k_max=k_max, rel_eps=rel_eps, abs_eps=abs_eps)
+        return -err.mean(dim=(1, 2))
+
+    return reward
+
+
 def heatwave_csi_reward(threshold: float = 0.0, mask: Any = None) -> RewardFn:
     """Per-sample CSI of heatwave cells (value >= threshold), ignoring ``mask`` (True = land).
 
@@ -299,6 +316,47 @@ def heatwave_csi_reward(threshold: float = 0.0, mask: Any = None) -> RewardFn:
     return reward
 
 
+def _weighted_term(i: int, term: Any) -> tuple[Reward, float]:
+    where = f"weighted reward, terms[{i}]"
+    fix = "write each term as {name: csi_m, weight: 1.0} (kwargs: {...} optional)"
+    if not isinstance(term, Mapping) or "name" not in term:
+        raise ConfigError(f"{where} must be a mapping with a 'name', got {term!r}", fix=fix)
+    unknown = sorted(set(term) - {"name", "weight", "kwargs"})
+    if unknown:
+        raise ConfigError(f"{where} has unknown keys {unknown}", fix=fix)
+    name, weight, kwargs = term["name"], term.get("weight", 1.0), term.get("kwargs") or {}
+    if name == "weighted":
+        raise ConfigError(f"{where} nests a weighted reward", fix="list its terms directly")
+    if (not isinstance(weight, (int, float)) or isinstance(weight, bool)
+            or not math.isfinite(weight) or weight == 0):
+        raise ConfigError(f"{where}: weight must be a finite non-zero number, got {weight!r}",
+                          fix="drop the term instead of giving it weight 0")
+    if not isinstance(kwargs, Mapping):
+        raise ConfigError(f"{where}: kwargs must be a mapping, got {kwargs!r}", fix=fix)
+    return get_reward(name, **dict(kwargs)), float(weight)
+
+
+def weighted_reward(terms: Sequence[Mapping[str, Any]]) -> RewardFn:
+    """A weighted sum of registered rewards, ``sum_i weight_i * reward_i(pred, truth)``.
+
+    ``terms``: a list of ``{name, weight (default 1), kwargs (default {})}``, e.g. CSI-M with a
+    sharpness term ``[{name: csi_m}, {name: neg_psd_error, weight: 2}]``. Every term runs in
+    one batched call; weights are in the terms' own units (CSI in [0, 1], spectral errors in
+    decades), so choose them on the validation split.
+    """
+    if isinstance(terms, (str, bytes, Mapping)) or not isinstance(terms, Sequence) or not terms:
+        raise ConfigError(
+            f"weighted reward: terms must be a non-empty list of terms, got {terms!r}",
+            fix="terms: [{name: csi_m, weight: 1.0}, {name: neg_psd_error, weight: 2.0}]",
+        )
+    parts = [_weighted_term(i, term) for i, term in enumerate(terms)]
+
+    def reward(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        return sum(w * fn(pred, truth) for fn, w in parts)
+
+    return reward
+
+
 for _name, _factory in {
     "csi_m": csi_m_reward,
     "csi": csi_reward,
@@ -310,6 +368,8 @@ for _name, _factory in {
     "ssim": ssim_reward,
     "neg_tke_error": neg_tke_error_reward,
     "neg_spectrum_error": neg_spectrum_error_reward,
+    "neg_psd_error": neg_psd_error_reward,
     "heatwave_csi": heatwave_csi_reward,
+    "weighted": weighted_reward,
 }.items():
     register_reward(_name, _factory)

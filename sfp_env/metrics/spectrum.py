@@ -28,6 +28,12 @@ Errors (our definitions; lower is better, 0 for identical inputs):
   squared mean TKE, i.e. the overall fluctuation level).
 - ``energy_spectrum_error``: that error on each frame's ``E(k)``, shells ``1..k_max`` (E(0) is 0
   since velocity from vorticity has zero mean), averaged over the frames.
+- ``psd_error``: that error on each image's radially averaged power spectral density (any
+  field, not only vorticity: radar reflectivity, temperature), averaged over frames and
+  channels. A blurred forecast loses power at high wavenumbers and a too-weak one at all of
+  them, so this measures sharpness and intensity, which MSE does not reward. Its ``eps`` has an
+  absolute floor ``abs_eps`` as well (in squared field units), so that an image with no signal
+  (an empty radar frame) does not make every tiny deviation an error of many decades.
 
 The SFP authors' "tke" reward is instead the MSE between the raw fields' ``|fft2|^2`` power
 spectra (no velocity, no time fluctuation, no shell averaging, not scale-aware: it is dominated by
@@ -58,6 +64,8 @@ __all__ = [
     "log_spectrum_error",
     "tke_spectrum_error",
     "energy_spectrum_error",
+    "power_spectrum",
+    "psd_error",
 ]
 
 
@@ -250,3 +258,38 @@ def energy_spectrum_error(
     p, t = _chunk_pair(pred, truth)
     k = _default_k_max(p, k_max)
     return log_spectrum_error(energy_spectrum(p), energy_spectrum(t), 1, k, rel_eps).mean(-1)
+
+
+def power_spectrum(field: Any) -> torch.Tensor:
+    """Radially averaged power spectral density ``[..., K]`` of images ``[..., H, W]``.
+
+    Shell means of ``|fft2(x) / (H W)|^2`` over ``round(|k|)`` (as pysteps' ``rapsd``), shells
+    ``0..K-1`` including the corners; shell 0 is the squared mean. Units: squared field units.
+    The FFT treats the image as periodic, so a field that is not (radar) gets the same edge
+    leakage in forecast and truth.
+    """
+    x = _check_field(field, "field")
+    n = x.shape[-1] * x.shape[-2]
+    return _shell_reduce(torch.fft.rfft2(x).abs().square() / n**2, _grid_for(x)["mean"])
+
+
+def psd_error(
+    pred: Any,
+    truth: Any,
+    k_min: int = 1,
+    k_max: int | None = None,
+    rel_eps: float = 1e-6,
+    abs_eps: float = 1e-10,
+) -> torch.Tensor:
+    """Log-spectral error of the power spectra of images ``[..., H, W]`` -> ``[...]``.
+
+    ``mean_{k_min..k_max} |log10(P_pred + eps) - log10(P_true + eps)|`` with ``eps = rel_eps *
+    mean_k P_true + abs_eps`` (squared field units); ``k_max`` defaults to ``min(H, W) // 2``.
+    Lower is better, 0 for identical images. Callers average it over frames and channels.
+    """
+    p, t = check_pair(pred, truth, what="[..., H, W]")
+    if not (math.isfinite(abs_eps) and abs_eps >= 0):
+        raise ConfigError(f"abs_eps must be >= 0, got {abs_eps!r}", fix="use e.g. abs_eps=1e-10")
+    k = _default_k_max(p, k_max)
+    sp, st = power_spectrum(p), power_spectrum(t)
+    return log_spectrum_error(sp + abs_eps, st + abs_eps, k_min, k, rel_eps)

@@ -15,7 +15,11 @@ H = 32
 MASK = torch.zeros(H, H, dtype=torch.bool)
 MASK[:, :8] = True
 # Options for rewards that need some, or whose defaults do not suit data in [0, 1].
-EXAMPLE_KWARGS = {"csi": {"threshold": 74}, "heatwave_csi": {"threshold": 0.5, "mask": MASK}}
+EXAMPLE_KWARGS = {
+    "csi": {"threshold": 74},
+    "heatwave_csi": {"threshold": 0.5, "mask": MASK},
+    "weighted": {"terms": [{"name": "csi_m"}, {"name": "neg_psd_error", "weight": 0.5}]},
+}
 
 
 def _data(n: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,3 +142,33 @@ def test_a_reward_function_registered_as_its_factory_is_explained():
         assert "lambda: fn" in str(info.value)
     finally:
         REWARDS.unregister("neg_l1_as_factory_test")
+
+
+def test_weighted_reward_is_the_weighted_sum_of_its_terms():
+    pred, truth = _data(4, seed=2)
+    terms = [{"name": "csi_m", "weight": 2.0}, {"name": "csi", "kwargs": {"threshold": 74}},
+             {"name": "neg_psd_error", "weight": -0.25, "kwargs": {"k_min": 2}}]
+    got = get_reward("weighted", terms=terms)(pred, truth)
+    want = (2.0 * get_reward("csi_m")(pred, truth) + get_reward("csi", threshold=74)(pred, truth)
+            - 0.25 * get_reward("neg_psd_error", k_min=2)(pred, truth))
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("terms, match", [
+    ([], "non-empty list"),
+    ({"name": "csi_m"}, "non-empty list"),
+    ([{"weight": 1.0}], "with a 'name'"),
+    ([{"name": "csi_m", "wieght": 2}], "unknown keys"),
+    ([{"name": "csi_m", "weight": 0}], "non-zero"),
+    ([{"name": "csi_m", "weight": float("nan")}], "finite"),
+    ([{"name": "weighted", "kwargs": {"terms": [{"name": "csi_m"}]}}], "nests"),
+    ([{"name": "csi_m", "kwargs": {"thresholds": [16], "bogus": 1}}], "bogus"),
+])
+def test_weighted_reward_rejects_bad_terms(terms, match):
+    with pytest.raises(ConfigError, match=match):
+        get_reward("weighted", terms=terms)
+
+
+def test_unknown_reward_inside_weighted_is_named():
+    with pytest.raises(RegistryError, match="csi_mm"):
+        get_reward("weighted", terms=[{"name": "csi_mm"}])

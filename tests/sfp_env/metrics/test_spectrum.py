@@ -11,6 +11,8 @@ from sfp_env.errors import ShapeError
 from sfp_env.metrics.spectrum import (
     energy_spectrum,
     energy_spectrum_error,
+    power_spectrum,
+    psd_error,
     shell_index,
     tke_spectrum,
     tke_spectrum_error,
@@ -119,3 +121,36 @@ def test_errors_are_scale_aware_and_shapes_checked():
         tke_spectrum_error(truth[:, :1], truth[:, :1])
     with pytest.raises(ShapeError, match="C=2"):
         energy_spectrum_error(truth.expand(-1, -1, 2, -1, -1), truth.expand(-1, -1, 2, -1, -1))
+
+
+def test_power_spectrum_parseval_and_single_mode():
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 3, 16, 20, generator=g, dtype=torch.float64)
+    spec = power_spectrum(x)
+    # shell means times the shell's mode count sum to the mean square (Parseval)
+    counts = torch.bincount(shell_index(16, 20).flatten()).to(spec.dtype)
+    torch.testing.assert_close((spec * counts).sum(-1), x.square().mean((-2, -1)))
+    y = torch.arange(16, dtype=torch.float64)[:, None] / 16
+    wave = torch.cos(2 * math.pi * 3 * y).expand(16, 16)
+    s = power_spectrum(wave)
+    assert s.argmax() == 3 and s[torch.arange(s.numel()) != 3].abs().max() < 1e-20
+
+
+def test_psd_error_zero_for_identical_grows_with_blur_and_dimming():
+    g = torch.Generator().manual_seed(4)
+    truth = torch.rand(3, 2, 1, 32, 32, generator=g) ** 4
+    err = psd_error(truth, truth)
+    assert err.shape == (3, 2, 1) and torch.all(err == 0)
+    blur = torch.nn.functional.avg_pool2d(truth.flatten(0, 2), 3, 1, 1).view_as(truth)
+    more = torch.nn.functional.avg_pool2d(truth.flatten(0, 2), 7, 1, 3).view_as(truth)
+    e1, e2 = psd_error(blur, truth), psd_error(more, truth)
+    assert torch.all(e1 > 0.05) and torch.all(e2 > e1)
+    # dimming by 10 shifts every shell by 2 decades
+    torch.testing.assert_close(psd_error(truth / 10, truth, abs_eps=0.0, rel_eps=1e-12),
+                               torch.full_like(err, 2.0), atol=1e-3, rtol=0)
+    # an empty truth frame: the absolute floor keeps a faint forecast's error small and finite
+    empty = torch.zeros(1, 32, 32)
+    faint = 1e-6 * torch.rand(1, 32, 32, generator=g)
+    assert psd_error(faint, empty) < 1e-2
+    with pytest.raises(ShapeError):
+        psd_error(truth, truth[:, :1])
