@@ -640,6 +640,8 @@ class TrainState:
 
     ``batch_in_epoch`` counts the batches of ``epoch`` already trained; validation of an epoch
     happens after its last batch, so a state saved at the last batch resumes into validation.
+    ``epoch_sums``/``epoch_counts``: per logged value, its sum and how many steps of the epoch
+    logged it (a step may log fewer values, e.g. before a warmup ends), for the epoch means.
     """
 
     step: int = 0
@@ -651,6 +653,7 @@ class TrainState:
     elapsed_s: float = 0.0
     epoch_sums: dict[str, float] = field(default_factory=dict)
     epoch_batches: int = 0
+    epoch_counts: dict[str, int] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
@@ -911,6 +914,7 @@ class Trainer:
                     self.state.epoch += 1
                     self.state.batch_in_epoch = 0
                     self.state.epoch_sums = {}
+                    self.state.epoch_counts = {}
                     self.state.epoch_batches = 0
                 self._dirty = True
             self.state.elapsed_s = elapsed_before + time.perf_counter() - started
@@ -961,6 +965,7 @@ class Trainer:
             state.epoch_batches += 1
             for key, value in logs.items():
                 state.epoch_sums[key] = state.epoch_sums.get(key, 0.0) + value
+                state.epoch_counts[key] = state.epoch_counts.get(key, 0) + 1
             self._dirty = True
             if state.step % self.log_every == 0 or state.step == 1:
                 self.accelerator.log({f"train/{k}": v for k, v in logs.items()}, step=state.step)
@@ -1084,7 +1089,9 @@ class Trainer:
         state = self.state
         n = max(1, state.epoch_batches)
         entry: dict[str, Any] = {"epoch": state.epoch, "step": state.step}
-        entry.update({f"train/{k}": v / n for k, v in state.epoch_sums.items()})
+        # a state saved before the counts were kept has none: every value then counts n steps
+        entry.update({f"train/{k}": v / state.epoch_counts.get(k, n)
+                      for k, v in state.epoch_sums.items()})
         entry.update(metrics)
         if partial:
             entry["partial"] = True

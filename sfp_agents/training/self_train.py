@@ -30,7 +30,9 @@ sharded by Accelerate).
 
 Logged per step (TensorBoard ``train/...``): the loss terms, ``reward_pseudo`` (the
 pseudo-target's total reward, the sum of its chunk rewards), ``reward_forecast`` (the agent's
-own forecast scored the same way) and their difference ``reward_gain``. Every
+own forecast scored the same way) and their difference ``reward_gain``; during the
+``loss.pseudo_warmup`` steps the planner does not run and only the forecast's terms are logged
+(epoch means are per term, over the steps that logged it). Every
 ``train.val_every`` epochs the task's metric suite runs on the validation split (``val/<key>``, see
 :func:`sfp_agents.training.evaluate.suite_metrics`); the best ``val/<domain metric>`` of the task
 (``TaskSpec.domain_metric`` / ``domain_mode``) is kept as ``run_dir/best/agent.pt``
@@ -275,26 +277,20 @@ class SFPObjective:
         """``model(context) -> (forecast, intentions)`` (an :class:`IntentionForecaster`,
         possibly DDP-wrapped); returns ``{"loss": ..., terms and rewards}``. ``step``: the
         optimizer step about to be taken; below ``weights.pseudo_warmup`` the pseudo-label and
-        plan-latent terms are off (None: on)."""
+        plan-latent terms are off and the planner does not run, so those steps log no
+        ``pseudo_mse``, ``latent_mse`` or ``reward_pseudo`` (None: on)."""
         check_frozen(self.world_model)
         forecast, intentions = model(context)
-        plan = self.planner.plan(context, intentions.detach(), self.world_model, self.reward,
-                                 truth)
         w = self.weights
         with torch.no_grad():
             own = chunk_rewards(self.reward, forecast.detach(), truth, self.chunk_frames).sum(1)
-            pseudo, pseudo_reward = self.pseudo_target(PseudoTargetInputs(
-                context, forecast.detach(), intentions.detach(), plan, truth,
-                self.world_model, self.reward, self.chunk_frames))
-            pseudo = pseudo.detach()
-            # [B]: 1 where the sample's pseudo-label counts
-            keep = (pseudo_reward > own).to(forecast.dtype) if w.only_better else None
-        pseudo_mse = _sample_mse(forecast, pseudo, keep)
         anchor_mse = F.mse_loss(forecast, truth)
-        latent_mse = _sample_mse(intentions, plan.latents.detach(), keep)
-        on = 1.0 if step is None or step >= w.pseudo_warmup else 0.0
-        loss = on * (w.pseudo_label * pseudo_mse + w.latent * latent_mse) + w.anchor * anchor_mse
-        terms = {} if keep is None else {"pseudo_kept": keep.mean()}
+        loss = w.anchor * anchor_mse
+        terms: dict[str, Tensor] = {"anchor_mse": anchor_mse.detach()}
+        if step is None or step >= w.pseudo_warmup:
+            plan_loss, plan_terms = self._plan_terms(context, forecast, intentions, truth, own)
+            loss = loss + plan_loss
+            terms.update(plan_terms)
         if w.latent_anchor > 0 or w.code_anchor > 0:
             with torch.no_grad():
                 b, s = intentions.shape[:2]
@@ -312,19 +308,32 @@ class SFPObjective:
             loss = loss + w.code_anchor * code_anchor
             terms["code_anchor_ce"] = code_anchor.detach()
             terms["code_accuracy"] = accuracy
+        return {"loss": loss, **terms, "reward_forecast": own.mean()}
+
+    def _plan_terms(self, context: Tensor, forecast: Tensor, intentions: Tensor, truth: Tensor,
+                    own: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Plan around the detached intentions; the weighted pseudo-label and plan-latent loss,
+        and what to log about it. ``own [B]``: the forecast's total reward."""
+        w = self.weights
+        plan = self.planner.plan(context, intentions.detach(), self.world_model, self.reward,
+                                 truth)
         with torch.no_grad():
-            reward_pseudo = pseudo_reward.mean()
-            reward_forecast = own.mean()
-        return {
-            "loss": loss,
-            "pseudo_mse": pseudo_mse.detach(),
-            "anchor_mse": anchor_mse.detach(),
-            "latent_mse": latent_mse.detach(),
-            **terms,
-            "reward_pseudo": reward_pseudo,
-            "reward_forecast": reward_forecast,
-            "reward_gain": reward_pseudo - reward_forecast,
-        }
+            pseudo, pseudo_reward = self.pseudo_target(PseudoTargetInputs(
+                context, forecast.detach(), intentions.detach(), plan, truth,
+                self.world_model, self.reward, self.chunk_frames))
+            pseudo = pseudo.detach()
+            # [B]: 1 where the sample's pseudo-label counts
+            keep = (pseudo_reward > own).to(forecast.dtype) if w.only_better else None
+        pseudo_mse = _sample_mse(forecast, pseudo, keep)
+        latent_mse = _sample_mse(intentions, plan.latents.detach(), keep)
+        loss = w.pseudo_label * pseudo_mse + w.latent * latent_mse
+        terms = {"pseudo_mse": pseudo_mse.detach(), "latent_mse": latent_mse.detach()}
+        if keep is not None:
+            terms["pseudo_kept"] = keep.mean()
+        reward_pseudo = pseudo_reward.mean()
+        terms["reward_pseudo"] = reward_pseudo
+        terms["reward_gain"] = reward_pseudo - own.mean()
+        return loss, terms
 
 
 # --------------------------------------------------------------------------------------------

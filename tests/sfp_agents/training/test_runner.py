@@ -66,6 +66,8 @@ def _train(
     seen: list[list[int]] | None = None,
     val_draws: bool = False,
     batch_size: int = 3,
+    late_from: int | None = None,
+    logged: list[dict[str, float]] | None = None,
 ):
     config = {
         "run_dir": str(run_dir),
@@ -99,7 +101,12 @@ def _train(
         if seen is not None:
             seen.append(idx.tolist())
         loss = nn.functional.mse_loss(trainer.model(x), y)
-        return {"loss": loss, "abs": (trainer.model(x) - y).abs().mean()}
+        out = {"loss": loss, "abs": (trainer.model(x) - y).abs().mean()}
+        if late_from is not None and trainer.state.step >= late_from:
+            out["late"] = 2 * out["abs"]  # a value only some steps log (as after a warmup)
+        if logged is not None:
+            logged.append({k: float(v.detach()) for k, v in out.items()})
+        return out
 
     def validate(state):
         if val_draws:  # validation that consumes randomness must not shift training's stream
@@ -288,3 +295,25 @@ def test_a_folder_written_before_an_option_existed_still_resumes(tmp_path: Path)
                                                   "intention.base=latent_persistence"])
     with pytest.raises(ConfigError, match="intention.base"):
         RunDirectory(tmp_path, other).open(resume=True)
+
+
+def test_epoch_means_count_each_value_over_the_steps_that_logged_it(tmp_path: Path) -> None:
+    logged: list[dict[str, float]] = []
+    _, result = _train(tmp_path / "run", epochs=2, late_from=2, logged=logged)
+    per_epoch = len(logged) // 2  # 10 samples in batches of 3: 4 steps per epoch
+    first, second = logged[:per_epoch], logged[per_epoch:]
+    h0, h1 = result.history
+    assert h0["train/loss"] == pytest.approx(sum(x["loss"] for x in first) / per_epoch)
+    late = [x["late"] for x in first if "late" in x]
+    assert len(late) == per_epoch - 2
+    assert h0["train/late"] == pytest.approx(sum(late) / len(late))
+    assert h1["train/late"] == pytest.approx(sum(x["late"] for x in second) / per_epoch)
+
+
+def test_resume_keeps_the_per_value_step_counts(tmp_path: Path) -> None:
+    _, whole = _train(tmp_path / "a", epochs=2, late_from=2)
+    with pytest.raises(_Killed):
+        _train(tmp_path / "b", epochs=2, late_from=2, kill_at=3, save_every=3)
+    _, resumed = _train(tmp_path / "b", epochs=2, late_from=2, resume=True, save_every=3)
+    for a, b in zip(whole.history, resumed.history, strict=True):
+        assert a["train/late"] == pytest.approx(b["train/late"], rel=1e-6)

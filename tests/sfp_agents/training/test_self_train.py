@@ -462,21 +462,34 @@ def test_delta_pseudo_target_is_the_forecast_plus_the_planners_change(wm_path: P
 
 def test_pseudo_warmup_turns_the_planner_terms_on_at_its_step(wm_path: Path) -> None:
     """Before ``loss.pseudo_warmup`` optimizer steps the loss is the anchor term alone (the
-    baseline's loss); from that step on the pseudo-label and plan-latent terms count."""
+    baseline's loss) and the planner does not run; from that step on the pseudo-label and
+    plan-latent terms count."""
     wm = GenerativeWorldModel.from_pretrained(wm_path).freeze()
     model = IntentionForecaster(sfp_policy(wm, agent_head="frames"))
     gen = torch.Generator().manual_seed(6)
     context = torch.rand(2, 13, 1, SIZE, SIZE, generator=gen)
     truth = torch.rand(2, 12, 1, SIZE, SIZE, generator=gen)
     weights = SFPLossConfig(pseudo_label=3.0, anchor=0.5, latent=0.2, pseudo_warmup=4)
-    objective = SFPObjective(get_planner("beam", beam_width=2, top_k=3), wm,
-                             get_reward("neg_mse"), weights)
+    planner = get_planner("beam", beam_width=2, top_k=3)
+    calls: list[int] = []
+    plan = planner.plan
+    planner.plan = lambda *a, **k: calls.append(1) or plan(*a, **k)  # type: ignore[method-assign]
+    objective = SFPObjective(planner, wm, get_reward("neg_mse"), weights)
     for step in (0, 3, 4, 9, None):
+        before = len(calls)
         logs = objective(model, context, truth, step)
-        full = (3.0 * logs["pseudo_mse"] + 0.5 * logs["anchor_mse"] + 0.2 * logs["latent_mse"])
-        expected = 0.5 * logs["anchor_mse"] if step is not None and step < 4 else full
+        if step is not None and step < 4:
+            assert len(calls) == before
+            assert not {"pseudo_mse", "latent_mse", "reward_pseudo", "reward_gain"} & set(logs)
+            expected = 0.5 * logs["anchor_mse"]
+        else:
+            assert len(calls) == before + 1 and float(logs["pseudo_mse"]) > 0
+            expected = (3.0 * logs["pseudo_mse"] + 0.5 * logs["anchor_mse"]
+                        + 0.2 * logs["latent_mse"])
+            assert float(logs["reward_gain"]) == pytest.approx(
+                float(logs["reward_pseudo"] - logs["reward_forecast"]))
         assert float(logs["loss"].detach()) == pytest.approx(float(expected), rel=1e-5)
-        assert float(logs["pseudo_mse"]) > 0
+        assert torch.isfinite(logs["reward_forecast"])
     with pytest.raises(ConfigError, match="pseudo_warmup"):
         load_config(AgentRunConfig, "sevir", ["loss.pseudo_warmup=-1"])
 
