@@ -87,7 +87,7 @@ from sfp_agents.training.runner import (
 from sfp_env.envs.forecast_env import resolve_world_model
 from sfp_env.envs.tasks import TaskSpec
 from sfp_env.errors import ConfigError, TrainingError
-from sfp_env.metrics.rewards import REWARDS, Reward, get_reward
+from sfp_env.metrics.rewards import Reward, get_reward
 from sfp_env.registry import Registry
 
 __all__ = [
@@ -398,8 +398,9 @@ def _task_reward(config: AgentRunConfig, spec: TaskSpec, dataset: Dataset) -> Re
 
 def check_components(config: AgentRunConfig) -> None:
     """Resolve the backbone and (when the mode plans) the planner with the keyword arguments
-    ``config`` gives them, the training mode and the reward's name; unknown names or arguments raise
-    ``RegistryError``/:class:`ConfigError` naming the fix. Cheap: no data, no weights."""
+    ``config`` gives them, the training mode, and a reward named in the config (built with its
+    ``reward_kwargs``); unknown names or arguments raise ``RegistryError``/:class:`ConfigError`
+    naming the fix. Cheap: no data, no weights."""
     check_backbone_kwargs(config.backbone.name, dict(config.backbone.kwargs))
     TRAINING_MODES.get(config.mode)
     if config.reads("planner"):
@@ -411,8 +412,8 @@ def check_components(config: AgentRunConfig) -> None:
         INTENTION_BASES.get(config.intention.base)
     if config.reads("baseline"):
         FRAME_BASES.get(config.baseline.base)
-    if config.reward is not None:  # its options may need the data: checked when built
-        REWARDS.get(config.reward)
+    if config.reward is not None:  # built from reward_kwargs alone, as _task_reward does
+        get_reward(config.reward, **dict(config.reward_kwargs))
 
 
 def train_agent(

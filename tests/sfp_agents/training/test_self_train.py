@@ -533,3 +533,16 @@ def test_a_registered_head_declares_where_it_starts() -> None:
         AGENT_HEADS.unregister("test_latent_like")
     with pytest.raises(ConfigError, match="start"):
         AgentHead(build, start="frames")
+
+
+@pytest.mark.parametrize("reward, kwargs, match", [
+    ("csi", {"treshold": 74}, "treshold"),
+    ("weighted", {"terms": [{"name": "csi_m", "wieght": 3}]}, "wieght"),
+    ("csi_mm", {}, "csi_mm"),
+])
+def test_a_bad_reward_is_refused_before_the_run_dir_is_written(
+        tmp_path: Path, wm_path: Path, reward: str, kwargs: dict, match: str) -> None:
+    config = make_config(tmp_path / "run", wm_path, reward=reward, reward_kwargs=kwargs)
+    with pytest.raises((ConfigError, RegistryError), match=match):
+        train_agent(config, cpu=True, tensorboard=False, progress=False)
+    assert not (tmp_path / "run").exists()
