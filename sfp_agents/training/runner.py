@@ -665,7 +665,11 @@ class TrainState:
                 f"{source} is not a trainer state (unknown keys {unknown} or no 'step')",
                 fix="resume from a state folder written by sfp's Trainer, or start a new run_dir",
             )
-        return cls(**dict(data))
+        data = dict(data)
+        if "epoch_counts" not in data:  # saved before counts were kept: every step logged all
+            data["epoch_counts"] = {k: int(data.get("epoch_batches", 0))
+                                    for k in data.get("epoch_sums", {})}
+        return cls(**data)
 
 
 @dataclass
@@ -1089,8 +1093,7 @@ class Trainer:
         state = self.state
         n = max(1, state.epoch_batches)
         entry: dict[str, Any] = {"epoch": state.epoch, "step": state.step}
-        # a state saved before the counts were kept has none: every value then counts n steps
-        entry.update({f"train/{k}": v / state.epoch_counts.get(k, n)
+        entry.update({f"train/{k}": v / max(1, state.epoch_counts.get(k, n))
                       for k, v in state.epoch_sums.items()})
         entry.update(metrics)
         if partial:

@@ -31,8 +31,10 @@ sharded by Accelerate).
 Logged per step (TensorBoard ``train/...``): the loss terms, ``reward_pseudo`` (the
 pseudo-target's total reward, the sum of its chunk rewards), ``reward_forecast`` (the agent's
 own forecast scored the same way) and their difference ``reward_gain``; during the
-``loss.pseudo_warmup`` steps the planner does not run and only the forecast's terms are logged
-(epoch means are per term, over the steps that logged it). Every
+``loss.pseudo_warmup`` steps the planner does not run, so ``pseudo_mse``, ``latent_mse``,
+``pseudo_kept``, ``reward_pseudo`` and ``reward_gain`` are not logged (``anchor_mse``, the
+latent and code anchors and ``reward_forecast`` are; epoch means are per term, over the steps
+that logged it). Every
 ``train.val_every`` epochs the task's metric suite runs on the validation split (``val/<key>``, see
 :func:`sfp_agents.training.evaluate.suite_metrics`); the best ``val/<domain metric>`` of the task
 (``TaskSpec.domain_metric`` / ``domain_mode``) is kept as ``run_dir/best/agent.pt``
@@ -278,7 +280,8 @@ class SFPObjective:
         possibly DDP-wrapped); returns ``{"loss": ..., terms and rewards}``. ``step``: the
         optimizer step about to be taken; below ``weights.pseudo_warmup`` the pseudo-label and
         plan-latent terms are off and the planner does not run, so those steps log no
-        ``pseudo_mse``, ``latent_mse`` or ``reward_pseudo`` (None: on)."""
+        ``pseudo_mse``, ``latent_mse``, ``pseudo_kept``, ``reward_pseudo`` or ``reward_gain``
+        (None: on)."""
         check_frozen(self.world_model)
         forecast, intentions = model(context)
         w = self.weights

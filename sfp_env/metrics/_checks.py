@@ -11,7 +11,9 @@ import torch
 
 from sfp_env.errors import ConfigError, ShapeError
 
-__all__ = ["as_float_tensor", "check_pair", "check_positive", "normalize_dims"]
+__all__ = [
+    "as_float_tensor", "check_pair", "check_positive", "check_non_negative", "normalize_dims",
+]
 
 
 def as_float_tensor(x: Any, name: str) -> torch.Tensor:
@@ -58,18 +60,29 @@ def check_pair(
     return p, t
 
 
-def check_positive(value: Any, name: str, *, integer: bool = False) -> float | int:
-    """A finite positive number (an int when ``integer``), else :class:`ConfigError`."""
+def _check_number(value: Any, name: str, integer: bool, zero_ok: bool) -> float | int:
     ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
     if ok and integer:
-        ok = float(value) == int(value)
-    if not ok or not math.isfinite(float(value)) or float(value) <= 0:
-        kind = "positive integer" if integer else "finite positive number"
+        ok = math.isfinite(float(value)) and float(value) == int(value)
+    if not ok or not math.isfinite(float(value)) or float(value) < 0 or (
+            float(value) == 0 and not zero_ok):
+        sign = "non-negative" if zero_ok else "positive"
+        kind = f"{sign} integer" if integer else f"finite {sign} number"
         raise ConfigError(
             f"{name} must be a {kind}, got {value!r}",
             fix=f"set {name} to a {kind}",
         )
     return int(value) if integer else float(value)
+
+
+def check_positive(value: Any, name: str, *, integer: bool = False) -> float | int:
+    """A finite positive number (an int when ``integer``), else :class:`ConfigError`."""
+    return _check_number(value, name, integer, zero_ok=False)
+
+
+def check_non_negative(value: Any, name: str, *, integer: bool = False) -> float | int:
+    """A finite number >= 0 (an int when ``integer``), else :class:`ConfigError`."""
+    return _check_number(value, name, integer, zero_ok=True)
 
 
 def normalize_dims(dims: int | Sequence[int] | None, ndim: int, name: str) -> tuple[int, ...]:

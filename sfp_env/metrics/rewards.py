@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from sfp_env.errors import ConfigError, ShapeError
-from sfp_env.metrics._checks import as_float_tensor, check_positive
+from sfp_env.metrics._checks import as_float_tensor, check_non_negative, check_positive
 from sfp_env.metrics.categorical import (
     SEVIR_THRESHOLDS,
     check_thresholds,
@@ -292,6 +292,11 @@ def neg_psd_error_reward(
     if k_max is not None:
         k_max = check_positive(k_max, "k_max", integer=True)
     rel_eps = check_positive(rel_eps, "rel_eps")
+    k_min = check_non_negative(k_min, "k_min", integer=True)
+    abs_eps = check_non_negative(abs_eps, "abs_eps")
+    if k_max is not None and k_min > k_max:
+        raise ConfigError(f"neg_psd_error: k_min={k_min} > k_max={k_max}",
+                          fix="choose 0 <= k_min <= k_max")
 
     def reward(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
         err = psd_error(pred, truth, k_min=k_min, k_max=k_max, rel_eps=rel_eps, abs_eps=abs_eps)

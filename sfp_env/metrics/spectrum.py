@@ -29,11 +29,12 @@ Errors (our definitions; lower is better, 0 for identical inputs):
 - ``energy_spectrum_error``: that error on each frame's ``E(k)``, shells ``1..k_max`` (E(0) is 0
   since velocity from vorticity has zero mean), averaged over the frames.
 - ``psd_error``: that error on each image's radially averaged power spectral density (any
-  field, not only vorticity: radar reflectivity, temperature), averaged over frames and
-  channels. A blurred forecast loses power at high wavenumbers and a too-weak one at all of
-  them, so this measures sharpness and intensity, which MSE does not reward. Its ``eps`` has an
-  absolute floor ``abs_eps`` as well (in squared field units), so that an image with no signal
-  (an empty radar frame) does not make every tiny deviation an error of many decades.
+  field, not only vorticity: radar reflectivity, temperature), one value per image (the reward
+  ``neg_psd_error`` averages it over frames and channels). A blurred forecast loses power at
+  high wavenumbers and a too-weak one at all of them, so this measures sharpness and
+  intensity, which MSE does not reward. Its ``eps`` has an absolute floor ``abs_eps`` as well
+  (in squared field units), so that an image with no signal (an empty radar frame) does not
+  make every tiny deviation an error of many decades.
 
 The SFP authors' "tke" reward is instead the MSE between the raw fields' ``|fft2|^2`` power
 spectra (no velocity, no time fluctuation, no shell averaging, not scale-aware: it is dominated by
@@ -52,7 +53,7 @@ from sfp_env.data.generators.navier_stokes import (
     velocity_from_vorticity as _ns_velocity_from_vorticity,
 )
 from sfp_env.errors import ConfigError, ShapeError
-from sfp_env.metrics._checks import as_float_tensor, check_pair
+from sfp_env.metrics._checks import as_float_tensor, check_non_negative, check_pair
 
 __all__ = [
     "wavenumbers",
@@ -263,7 +264,8 @@ def energy_spectrum_error(
 def power_spectrum(field: Any) -> torch.Tensor:
     """Radially averaged power spectral density ``[..., K]`` of images ``[..., H, W]``.
 
-    Shell means of ``|fft2(x) / (H W)|^2`` over ``round(|k|)`` (as pysteps' ``rapsd``), shells
+    Shell means of ``|fft2(x) / (H W)|^2`` over shells ``round(|k|)`` (the binning of pysteps'
+    ``rapsd``, which however drops the corner shells and normalizes by ``H W`` once), shells
     ``0..K-1`` including the corners; shell 0 is the squared mean. Units: squared field units.
     The FFT treats the image as periodic, so a field that is not (radar) gets the same edge
     leakage in forecast and truth.
@@ -283,13 +285,13 @@ def psd_error(
 ) -> torch.Tensor:
     """Log-spectral error of the power spectra of images ``[..., H, W]`` -> ``[...]``.
 
-    ``mean_{k_min..k_max} |log10(P_pred + eps) - log10(P_true + eps)|`` with ``eps = rel_eps *
-    mean_k P_true + abs_eps`` (squared field units); ``k_max`` defaults to ``min(H, W) // 2``.
+    ``mean_{k_min..k_max} |log10(P_pred + eps) - log10(P_true + eps)|`` with ``eps = abs_eps +
+    rel_eps * mean_{k_min..k_max} (P_true + abs_eps)`` (squared field units); ``k_max``
+    defaults to ``min(H, W) // 2``.
     Lower is better, 0 for identical images. Callers average it over frames and channels.
     """
     p, t = check_pair(pred, truth, what="[..., H, W]")
-    if not (math.isfinite(abs_eps) and abs_eps >= 0):
-        raise ConfigError(f"abs_eps must be >= 0, got {abs_eps!r}", fix="use e.g. abs_eps=1e-10")
+    abs_eps = check_non_negative(abs_eps, "abs_eps")
     k = _default_k_max(p, k_max)
     sp, st = power_spectrum(p), power_spectrum(t)
     return log_spectrum_error(sp + abs_eps, st + abs_eps, k_min, k, rel_eps)

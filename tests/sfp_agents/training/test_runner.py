@@ -300,20 +300,34 @@ def test_a_folder_written_before_an_option_existed_still_resumes(tmp_path: Path)
 def test_epoch_means_count_each_value_over_the_steps_that_logged_it(tmp_path: Path) -> None:
     logged: list[dict[str, float]] = []
     _, result = _train(tmp_path / "run", epochs=2, late_from=2, logged=logged)
-    per_epoch = len(logged) // 2  # 10 samples in batches of 3: 4 steps per epoch
+    per_epoch = len(logged) // 2  # 10 samples in batches of 3, the last dropped: 3 steps
     first, second = logged[:per_epoch], logged[per_epoch:]
     h0, h1 = result.history
     assert h0["train/loss"] == pytest.approx(sum(x["loss"] for x in first) / per_epoch)
     late = [x["late"] for x in first if "late" in x]
-    assert len(late) == per_epoch - 2
+    assert per_epoch == 3 and len(late) == 1
     assert h0["train/late"] == pytest.approx(sum(late) / len(late))
     assert h1["train/late"] == pytest.approx(sum(x["late"] for x in second) / per_epoch)
 
 
-def test_resume_keeps_the_per_value_step_counts(tmp_path: Path) -> None:
-    _, whole = _train(tmp_path / "a", epochs=2, late_from=2)
+@pytest.mark.parametrize("legacy", [False, True])
+def test_resume_mid_epoch_keeps_the_per_value_step_counts(tmp_path: Path, legacy: bool) -> None:
+    """Killed during step 3 -> resumed from step 2, mid-epoch 0 with ``late`` logged once. A
+    state saved before counts were kept (``legacy``: no ``epoch_counts``) counts every value
+    over all its batches so far."""
+    _, whole = _train(tmp_path / "a", epochs=2, late_from=1 if not legacy else None)
     with pytest.raises(_Killed):
-        _train(tmp_path / "b", epochs=2, late_from=2, kill_at=3, save_every=3)
-    _, resumed = _train(tmp_path / "b", epochs=2, late_from=2, resume=True, save_every=3)
+        _train(tmp_path / "b", epochs=2, late_from=1 if not legacy else None, kill_at=3)
+    state_dir = RunDirectory(tmp_path / "b", {}).latest_state()
+    assert state_dir is not None and state_dir.name == "step_2"
+    if legacy:
+        path = state_dir / "trainer_state.json"
+        data = json.loads(path.read_text())
+        assert data.pop("epoch_counts")
+        path.write_text(json.dumps(data))
+    _, resumed = _train(tmp_path / "b", epochs=2, late_from=1 if not legacy else None,
+                        resume=True)
+    keys = ["train/loss", "train/abs"] + ([] if legacy else ["train/late"])
     for a, b in zip(whole.history, resumed.history, strict=True):
-        assert a["train/late"] == pytest.approx(b["train/late"], rel=1e-6)
+        for key in keys:
+            assert a[key] == pytest.approx(b[key], rel=1e-6), key

@@ -539,6 +539,9 @@ def test_a_registered_head_declares_where_it_starts() -> None:
     ("csi", {"treshold": 74}, "treshold"),
     ("weighted", {"terms": [{"name": "csi_m", "wieght": 3}]}, "wieght"),
     ("csi_mm", {}, "csi_mm"),
+    ("neg_psd_error", {"abs_eps": -1.0}, "abs_eps"),
+    ("neg_psd_error", {"abs_eps": "x"}, "abs_eps"),
+    ("neg_psd_error", {"k_min": 5, "k_max": 3}, "k_min"),
 ])
 def test_a_bad_reward_is_refused_before_the_run_dir_is_written(
         tmp_path: Path, wm_path: Path, reward: str, kwargs: dict, match: str) -> None:
