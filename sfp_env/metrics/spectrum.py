@@ -185,9 +185,7 @@ def turbulent_kinetic_energy(vorticity: Any) -> torch.Tensor:
 
 def tke_spectrum(vorticity: Any) -> torch.Tensor:
     """Azimuthally averaged ``|fft2(TKE) / (H W)|^2`` ``[..., K]`` of a chunk ``[..., T, H, W]``."""
-    tke = turbulent_kinetic_energy(vorticity)
-    n = tke.shape[-1] * tke.shape[-2]
-    return _shell_reduce(torch.fft.rfft2(tke).abs().square() / n**2, _grid_for(tke)["mean"])
+    return power_spectrum(turbulent_kinetic_energy(vorticity))
 
 
 def log_spectrum_error(
