@@ -17,7 +17,9 @@ The "netcdf" source selects the split's files by year: pass ``split_years={"trai
 2015), "val": (2016, 2016), "test": (2017, 2018)}`` (inclusive ranges) or ``years=[...]``.
 
 The generator behind a source's embedded data is recorded when the source is registered
-(``register_data_source(..., generator="sst")``); :func:`embedded_generator` returns it, e.g. for
+(``register_data_source(..., generator="sst")``); :func:`build_dataset` then resolves ``root``
+(the given folder, or that generator's cached embedded data) before calling the builder, so such a
+builder always receives a Path. :func:`embedded_generator` returns the generator, e.g. for
 pointing a user at ``sfp data generate <generator> --out <dir>``.
 
 Readers are imported when a source is built, so importing this module is cheap.
@@ -61,8 +63,10 @@ def register_data_source(
 ) -> DataSourceBuilder:
     """Register ``builder(split, root=None, **kwargs) -> Dataset`` under ``name``.
 
-    ``generator`` names the embedded generator whose data the builder uses when ``root`` is None
-    (None: the source has no embedded data).
+    ``generator`` names the embedded generator whose data the builder reads when ``root`` is
+    None: :func:`build_dataset` resolves ``root`` to a Path (and takes the ``embedded_seed`` /
+    ``embedded`` kwargs) before calling it. None: the source has no embedded data, and the
+    builder receives ``root`` and every kwarg as given.
     """
     if not callable(builder):
         raise ConfigError(
@@ -80,14 +84,18 @@ def register_data_source(
 def embedded_generator(source: str) -> str | None:
     """The embedded generator of data source ``source`` ("mhw" -> "sst"), or None when the source
     has none (or is not registered)."""
-    return _EMBEDDED_GENERATORS.get(source)
+    return _EMBEDDED_GENERATORS.get(source) if source in DATA_SOURCES else None
 
 
 def build_dataset(
     name: str, split: str, root: str | os.PathLike | None = None, **kwargs: Any
 ) -> Dataset:
     """Build the dataset of source ``name`` for ``split`` (unknown names raise RegistryError)."""
-    return DATA_SOURCES.get(name)(split, root, **kwargs)
+    builder = DATA_SOURCES.get(name)
+    generator = embedded_generator(name)
+    if generator is not None:
+        root = _root_or_embedded(generator, root, kwargs)
+    return builder(split, root, **kwargs)
 
 
 def _root_or_embedded(
@@ -113,22 +121,22 @@ def _root_or_embedded(
     return ensure_embedded(generator, seed, **dict(params))
 
 
-def _sevir(split: str, root: str | os.PathLike | None = None, **kwargs: Any) -> Dataset:
+def _sevir(split: str, root: Path, **kwargs: Any) -> Dataset:
     from sfp_env.data.sevir import SEVIRDataset
 
-    return SEVIRDataset(_root_or_embedded("sevir", root, kwargs), split, **kwargs)
+    return SEVIRDataset(root, split, **kwargs)
 
 
-def _nse(split: str, root: str | os.PathLike | None = None, **kwargs: Any) -> Dataset:
+def _nse(split: str, root: Path, **kwargs: Any) -> Dataset:
     from sfp_env.data.netcdf import NavierStokesDataset
 
-    return NavierStokesDataset(_root_or_embedded("nse", root, kwargs), split, **kwargs)
+    return NavierStokesDataset(root, split, **kwargs)
 
 
-def _mhw(split: str, root: str | os.PathLike | None = None, **kwargs: Any) -> Dataset:
+def _mhw(split: str, root: Path, **kwargs: Any) -> Dataset:
     from sfp_env.data.climatology import MarineHeatwaveDataset
 
-    return MarineHeatwaveDataset(_root_or_embedded("sst", root, kwargs), split, **kwargs)
+    return MarineHeatwaveDataset(root, split, **kwargs)
 
 
 def _netcdf(split: str, root: str | os.PathLike | None = None, **kwargs: Any) -> Dataset:

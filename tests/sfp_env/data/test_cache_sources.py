@@ -13,7 +13,12 @@ import torch
 
 from sfp_env.data.cache import COMPLETE_MARKER, cache_dir, embedded_path, ensure_embedded
 from sfp_env.data.generators import GENERATORS, register_generator
-from sfp_env.data.sources import DATA_SOURCES, build_dataset, register_data_source
+from sfp_env.data.sources import (
+    DATA_SOURCES,
+    build_dataset,
+    embedded_generator,
+    register_data_source,
+)
 from sfp_env.errors import ConfigError, MissingDataError, RegistryError
 
 # --------------------------------------------------------------------------- a counting generator
@@ -224,5 +229,13 @@ def test_registry_and_errors(tmp_path):
     try:
         assert build_dataset("mine", "val", root="r", k=1) == ["val"]
         assert calls == [("val", "r", {"k": 1})]
+        # a source with embedded data gets its root resolved before the builder is called
+        register_data_source("mine", build, generator="nse", overwrite=True)
+        assert build_dataset("mine", "test", root=str(tmp_path), k=2) == ["test"]
+        assert calls[-1] == ("test", tmp_path, {"k": 2})
+        with pytest.raises(ConfigError, match="only apply when root is None"):
+            build_dataset("mine", "test", root=tmp_path, embedded_seed=3)
+        assert len(calls) == 2
     finally:
         DATA_SOURCES.unregister("mine")
+    assert embedded_generator("mine") is None  # forgotten with its builder
