@@ -22,6 +22,7 @@ import dataclasses
 import json
 import math
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -68,6 +69,10 @@ class SuiteConfig:
             Stage-2 config's ``planner.kwargs`` when it is that config's own planner (they were
             written for it) and runs with its factory's defaults otherwise (in both cases any
             ``planner.kwargs`` set in ``overrides``/``task_overrides`` are replaced for it).
+        ablations: name -> ``key=value`` overrides of an extra +SFP agent per planner, trained
+            beside the full one (same seed, baseline and budget) to show where its change comes
+            from, e.g. ``{no_planning: [loss.pseudo_warmup=1000000]}`` (the planner never
+            runs). Reported in their own table; the averages and the target use the full agents.
         references: reference forecasts scored on the same test episodes, untrained (names in
             ``sfp_agents.policies.references.REFERENCE_FORECASTS``, e.g. "persistence").
         panels: write a PNG panel per task (first backbone, first seed).
@@ -83,8 +88,22 @@ class SuiteConfig:
     task_overrides: dict[str, list[str]] = field(default_factory=dict)
     backbone_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     planner_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ablations: dict[str, list[str]] = field(default_factory=dict)
     references: list[str] = field(default_factory=lambda: ["persistence"])
     panels: bool = True
+
+    def __post_init__(self) -> None:
+        for name in self.ablations:
+            if not re.fullmatch(r"[A-Za-z0-9_]+", str(name)):
+                raise ConfigError(
+                    f"suite ablation name {name!r} is not a plain word (it names run folders)",
+                    fix="use letters, digits and underscores, e.g. no_planning",
+                )
+
+
+def shipped_suites() -> list[str]:
+    """Names of the suites shipped in ``benchmarks/suites`` (``smoke``, ``small``, ...)."""
+    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
 
 
 def load_suite(name_or_path: str) -> tuple[str, SuiteConfig]:
@@ -93,10 +112,9 @@ def load_suite(name_or_path: str) -> tuple[str, SuiteConfig]:
     if not path.suffix:
         path = SUITES_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
-        shipped = sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
         raise ConfigError(
             f"leaderboard suite {name_or_path!r} not found",
-            fix=f"use one of {shipped} or the path of a suite YAML file",
+            fix=f"use one of {shipped_suites()} or the path of a suite YAML file",
         )
     return path.stem, from_dict(SuiteConfig, load_yaml(path))
 
@@ -104,15 +122,23 @@ def load_suite(name_or_path: str) -> tuple[str, SuiteConfig]:
 # --------------------------------------------------------------------------------------------
 # running
 # --------------------------------------------------------------------------------------------
-def _git_commit() -> str | None:
+def _git(*args: str) -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            ["git", *args], capture_output=True, text=True, timeout=5,
             cwd=Path(__file__).resolve().parent,
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return out.stdout if out.returncode == 0 else None
+
+
+def _git_state() -> dict[str, Any]:
+    """``git_commit`` (HEAD, or None outside a git checkout) and ``git_dirty`` (tracked files
+    differ from it; None when unknown) of the code that is about to run."""
+    commit = (_git("rev-parse", "HEAD") or "").strip() or None
+    status = None if commit is None else _git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit, "git_dirty": None if status is None else bool(status.strip())}
 
 
 def _hardware() -> dict[str, Any]:
@@ -179,9 +205,11 @@ def _finished_training(path: Path, config: Any) -> dict[str, Any] | None:
 def row_config(
     task: str, backbone: str, planner: str | None, seed: int, suite: SuiteConfig,
     run_dir: Path, data_root: str | None = None, extra: Sequence[str] = (),
+    ablation: str | None = None,
 ) -> Any:
     """The Stage-2 config (``AgentRunConfig``) of one leaderboard row: the baseline when
-    ``planner`` is None, otherwise the +SFP agent; ``extra`` overrides are applied last."""
+    ``planner`` is None, otherwise the +SFP agent, changed by ``suite.ablations[ablation]``
+    when given; ``extra`` overrides are applied last."""
     from sfp_agents.agent_config import AgentRunConfig
     from sfp_agents.config import load_config
 
@@ -201,7 +229,23 @@ def row_config(
         elif planner != own:  # the config's planner.kwargs were written for its own planner
             overrides.append("planner.kwargs={}")
         overrides.append(f"planner.name={planner}")
+    if ablation is not None:
+        if planner is None or ablation not in suite.ablations:
+            raise ConfigError(
+                f"ablation {ablation!r} needs a planner and a name in the suite's ablations "
+                f"({sorted(suite.ablations)})",
+                fix="name an ablation of the suite for a +SFP row",
+            )
+        overrides += list(suite.ablations[ablation])
     return load_config(AgentRunConfig, task, overrides + list(extra))
+
+
+def _agents(suite: SuiteConfig) -> list[tuple[str | None, str | None]]:
+    """(planner, ablation) of every model trained per (task, backbone, seed): the baseline
+    (None, None) first, then per planner the full +SFP agent and its ablations."""
+    return [(None, None)] + [
+        (planner, ablation) for planner in suite.planners for ablation in [None, *suite.ablations]
+    ]
 
 
 def check_rows(suite: SuiteConfig, data_roots: Mapping[str, str] | None = None) -> None:
@@ -216,15 +260,17 @@ def check_rows(suite: SuiteConfig, data_roots: Mapping[str, str] | None = None) 
     for task in suite.tasks:
         get_task(task)  # RegistryError listing the tasks
         for backbone in suite.backbones:
-            for planner in [None, *suite.planners]:
+            for planner, ablation in _agents(suite):
                 config = row_config(task, backbone, planner, suite.seeds[0] if suite.seeds
-                                    else 0, suite, Path("."), (data_roots or {}).get(task))
+                                    else 0, suite, Path("."), (data_roots or {}).get(task),
+                                    ablation=ablation)
                 check_components(config)
 
 
 def _run_one(
     task: str, backbone: str, planner: str | None, seed: int, suite: SuiteConfig, *,
     run_root: Path, accelerator: Any, data_roots: Mapping[str, str], reuse: bool = False,
+    ablation: str | None = None,
 ) -> dict[str, Any]:
     """Train one model (baseline when ``planner`` is None) and evaluate it on the test split.
 
@@ -235,8 +281,11 @@ def _run_one(
 
     mode = "baseline" if planner is None else "sfp"
     tag = mode if planner is None else f"sfp-{planner}"
+    if ablation is not None:
+        tag += f"-{ablation}"
     run_dir = run_root / task / backbone / f"seed{seed}" / tag
-    config = row_config(task, backbone, planner, seed, suite, run_dir, data_roots.get(task))
+    config = row_config(task, backbone, planner, seed, suite, run_dir, data_roots.get(task),
+                        ablation=ablation)
     record_path = run_dir / TRAINED_RECORD
     trained = _finished_training(record_path, config) if reuse else None
     if trained is None:
@@ -272,6 +321,7 @@ def _run_one(
     losses = [float(h[key]) for h in history if key in h] if key else []
     return {
         "task": task, "backbone": backbone, "planner": planner, "seed": seed, "mode": mode,
+        "ablation": ablation,
         "metrics": {k: float(v) for k, v in metrics.items()},
         "history": history,
         "loss_key": key,
@@ -316,6 +366,7 @@ def run_suite(
     from accelerate import Accelerator
 
     check_rows(suite, data_roots)
+    code = _git_state()  # the code that trains, read before the run (commits may follow)
     accelerator = Accelerator()
     run_root = Path(run_root or Path("runs") / "leaderboard" / name)
     t0 = time.perf_counter()
@@ -323,10 +374,11 @@ def run_suite(
     for task in suite.tasks:
         for backbone in suite.backbones:
             for seed in suite.seeds:
-                for planner in [None, *suite.planners]:
+                for planner, ablation in _agents(suite):
                     runs.append(_run_one(
                         task, backbone, planner, seed, suite, run_root=run_root,
                         accelerator=accelerator, data_roots=data_roots or {}, reuse=resume,
+                        ablation=ablation,
                     ))
     references = [
         _score_reference(task, ref, suite, accelerator=accelerator,
@@ -339,7 +391,7 @@ def run_suite(
         "command": command or f"sfp leaderboard --suite {name}",
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "package_version": __version__,
-        "git_commit": _git_commit(),
+        **code,
         "hardware": _hardware(),
         "num_processes": accelerator.num_processes,
         "python": platform.python_version(),
@@ -399,18 +451,19 @@ def summarize(results: Mapping[str, Any]) -> dict[str, Any]:
     +SFP, relative changes, whether the domain-metric difference exceeds the seed spread; per
     task: averages over backbones and the distance to the paper's target."""
     runs = results["runs"]
-    summary: dict[str, Any] = {"rows": [], "tasks": {}}
+    summary: dict[str, Any] = {"rows": [], "tasks": {}, "ablations": []}
     for task, info in results["tasks"].items():
         dom, mode = info["domain_metric"], info["domain_mode"]
         task_rows = []
         backbones = sorted({r["backbone"] for r in runs if r["task"] == task})
-        planners = sorted({r["planner"] for r in runs if r["task"] == task and r["planner"]})
+        planners = sorted({r["planner"] for r in runs if r["task"] == task and r["planner"]
+                           and not r.get("ablation")})
         for backbone in backbones:
             base_runs = [r for r in runs if r["task"] == task and r["backbone"] == backbone
                          and r["mode"] == "baseline"]
             for planner in planners:
                 sfp_runs = [r for r in runs if r["task"] == task and r["backbone"] == backbone
-                            and r["planner"] == planner]
+                            and r["planner"] == planner and not r.get("ablation")]
                 keys = sorted(set().union(*(r["metrics"] for r in base_runs + sfp_runs)))
                 row: dict[str, Any] = {
                     "task": task, "backbone": backbone, "planner": planner,
@@ -434,6 +487,8 @@ def summarize(results: Mapping[str, Any]) -> dict[str, Any]:
                 row["sfp_better"] = bool(diff > 0) if mode == "max" else bool(diff < 0)
                 task_rows.append(row)
         summary["rows"].extend(task_rows)
+        ablation_rows = _ablation_rows(runs, task_rows, dom)
+        summary["ablations"].extend(ablation_rows)
         dom_changes = [r["rel_change"].get(dom, float("nan")) for r in task_rows]
         mse_changes = [r["rel_change"].get("mse", float("nan")) for r in task_rows]
         avg_dom, _ = _mean_std(dom_changes)
@@ -455,8 +510,49 @@ def summarize(results: Mapping[str, Any]) -> dict[str, Any]:
             "mse_within_tolerance": bool(math.isfinite(avg_mse) and avg_mse <= MSE_TOLERANCE),
             "rows_sfp_better": sum(r["sfp_better"] for r in task_rows),
             "rows": len(task_rows),
+            "ablations": {
+                name: {
+                    "avg_rel_change_domain": _mean_std(
+                        [a["rel_change"].get(dom, float("nan")) for a in group])[0],
+                    "avg_rel_change_mse": _mean_std(
+                        [a["rel_change"].get("mse", float("nan")) for a in group])[0],
+                    "avg_kept_change": _mean_std([a["kept_change"] for a in group])[0],
+                }
+                for name in sorted({a["ablation"] for a in ablation_rows})
+                for group in [[a for a in ablation_rows if a["ablation"] == name]]
+            },
         }
     return summary
+
+
+def _ablation_rows(runs: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]],
+                   dom: str) -> list[dict[str, Any]]:
+    """Per full +SFP row and ablation: mean/std over seeds, relative change against the same
+    baseline, and ``kept_change``, the share of the full agent's change of ``dom`` over the
+    baseline that the ablated agent keeps (1: the ablated part contributed nothing; 0: all)."""
+    out = []
+    for row in rows:
+        mine = [r for r in runs if r["task"] == row["task"] and r["backbone"] == row["backbone"]
+                and r["planner"] == row["planner"] and r.get("ablation")]
+        for name in sorted({r["ablation"] for r in mine}):
+            group = [r for r in mine if r["ablation"] == name]
+            metrics = {}
+            for k in row["baseline"]:
+                mean, std = _mean_std([r["metrics"].get(k, float("nan")) for r in group])
+                metrics[k] = {"mean": mean, "std": std}
+            base = row["baseline"].get(dom, {}).get("mean", float("nan"))
+            full = row["sfp"].get(dom, {}).get("mean", float("nan"))
+            ablated = metrics.get(dom, {}).get("mean", float("nan"))
+            change = full - base
+            out.append({
+                "task": row["task"], "backbone": row["backbone"], "planner": row["planner"],
+                "ablation": name, "seeds": sorted(r["seed"] for r in group), "metrics": metrics,
+                "rel_change": {k: _rel(v["mean"], row["baseline"][k]["mean"])
+                               for k, v in metrics.items()},
+                "kept_change": (ablated - base) / change if abs(change) > 1e-12
+                else float("nan"),
+            })
+    return out
 
 
 def _reference_summary(results: Mapping[str, Any], task: str, rows: Sequence[Mapping[str, Any]],
@@ -507,7 +603,8 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         "",
         f"Reproduce: `{results['command']}`",
         "",
-        f"sfp {results['package_version']} (commit {str(results.get('git_commit'))[:10]}), "
+        f"sfp {results['package_version']} (commit {str(results.get('git_commit'))[:10]}"
+        f"{' with uncommitted changes' if results.get('git_dirty') else ''}), "
         f"torch {results['torch']}, {hw.get('cuda_device') or hw.get('processor')} x"
         f"{hw.get('cpu_count')}, {results['num_processes']} process(es), "
         f"{results['wall_time_s'] / 60:.1f} min in all; created {results['created_utc']}.",
@@ -584,10 +681,53 @@ def render_markdown(results: Mapping[str, Any]) -> str:
                    f". No {dom} score, so no row is compared with it (n/a)."),
                 "",
             ]
+        lines += _ablation_table(results, summary, task)
         if task == "sevir":
             lines += _per_threshold_table(results, summary, task)
     lines += _training_check_lines(results)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _ablation_table(results: Mapping[str, Any], summary: Mapping[str, Any],
+                    task: str) -> list[str]:
+    rows = [a for a in summary.get("ablations", []) if a["task"] == task]
+    if not rows:
+        return []
+    t = summary["tasks"][task]
+    dom = t["domain_metric"]
+    given = results.get("config", {}).get("ablations", {})
+    lines = [
+        "Ablations: each an extra +SFP agent per row, changed as named (same baseline, seeds "
+        "and budget): " + "; ".join(
+            f"`{name}`: `{' '.join(given.get(name, []))}`" for name in t["ablations"])
+        + f". kept: the share of the full +SFP agent's change of {dom} over the baseline that "
+        "the ablated agent keeps (100%: the ablated part contributed nothing to it).",
+        "",
+        f"| backbone | planner | ablation | {dom} base | {dom} +SFP | {dom} ablated | "
+        f"Δ {dom} ablated | kept | mse ablated | Δ mse ablated |",
+        "|" + "---|" * 10,
+    ]
+    full = {(r["backbone"], r["planner"]): r for r in summary["rows"] if r["task"] == task}
+    for a in rows:
+        row = full[(a["backbone"], a["planner"])]
+        spread = len(a["seeds"]) > 1
+        lines.append("| " + " | ".join([
+            a["backbone"], a["planner"], a["ablation"],
+            _fmt(row["baseline"].get(dom), spread=spread), _fmt(row["sfp"].get(dom),
+                                                                 spread=spread),
+            _fmt(a["metrics"].get(dom), spread=spread), _pct(a["rel_change"].get(dom)),
+            _pct(a["kept_change"]).lstrip("+"), _fmt(a["metrics"].get("mse"), spread=spread),
+            _pct(a["rel_change"].get("mse")),
+        ]) + " |")
+    lines.append("")
+    for name, avg in t["ablations"].items():
+        lines.append(
+            f"Average over backbones, `{name}`: Δ {dom} {_pct(avg['avg_rel_change_domain'])} "
+            f"(full +SFP {_pct(t['avg_rel_change_domain'])}), Δ MSE "
+            f"{_pct(avg['avg_rel_change_mse'])}; kept {_pct(avg['avg_kept_change']).lstrip('+')}"
+            " of the full agent's change."
+        )
+    return [*lines, ""]
 
 
 def _per_threshold_table(results: Mapping[str, Any], summary: Mapping[str, Any],
@@ -620,6 +760,8 @@ def _training_check_lines(results: Mapping[str, Any]) -> list[str]:
              "|---|---|---|---|---|---|---|"]
     for r in results["runs"]:
         mode = r["mode"] if r["planner"] is None else f"sfp-{r['planner']}"
+        if r.get("ablation"):
+            mode += f" ({r['ablation']})"
         first = "n/a" if r["loss_first"] is None else f"{r['loss_first']:.4g}"
         last = "n/a" if r["loss_last"] is None else f"{r['loss_last']:.4g}"
         lines.append(f"| {r['task']} | {r['backbone']} | {mode} | {r['seed']} | {first} | "
@@ -640,7 +782,7 @@ def write_panels(results: Mapping[str, Any], out_dir: Path) -> list[Path]:
         pick = [r for r in runs
                 if r["backbone"] == first["backbone"] and r["seed"] == first["seed"]]
         base = next(r for r in pick if r["mode"] == "baseline")
-        sfp = next(r for r in pick if r["mode"] == "sfp")
+        sfp = next(r for r in pick if r["mode"] == "sfp" and not r.get("ablation"))
         paths = visualize(
             {"baseline": base["checkpoint"], "+SFP": sfp["checkpoint"]}, task, index=0,
             out=out_dir / f"{results['suite']}_{task}", gif=False,
@@ -653,7 +795,10 @@ def write_panels(results: Mapping[str, Any], out_dir: Path) -> list[Path]:
 # command line
 # --------------------------------------------------------------------------------------------
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--suite", default="small", help="smoke, small, full or a suite YAML")
+    parser.add_argument(
+        "--suite", default="small",
+        help=f"a shipped suite ({', '.join(shipped_suites())}) or a suite YAML (default: small)",
+    )
     parser.add_argument("--tasks", nargs="+", help="override the suite's tasks")
     parser.add_argument("--backbones", nargs="+", help="override the suite's backbones")
     parser.add_argument("--planners", nargs="+", help="override the suite's planners")

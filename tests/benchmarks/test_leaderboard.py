@@ -10,14 +10,15 @@ import inspect
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
 from benchmarks.leaderboard import (
-    SUITES_DIR,
     TRAINED_RECORD,
+    SuiteConfig,
     _finished_training,
     _world_model_hash,
     check_rows,
@@ -26,6 +27,7 @@ from benchmarks.leaderboard import (
     render_markdown,
     row_config,
     run_suite,
+    shipped_suites,
     split_options,
     summarize,
 )
@@ -55,9 +57,8 @@ class _PluginNet(nn.Module):
         return self.net(x.reshape(b, t * c, h, w))
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, dict]:
-    root = tmp_path_factory.mktemp("leaderboard")
+def _tiny_smoke_suite(root: Path, **changes: Any) -> tuple[str, SuiteConfig]:
+    """The smoke suite on SEVIR, shrunk to a tiny world model and tiny embedded data."""
     wm = GenerativeWorldModel(WorldModelConfig(
         in_frames=13, chunk_frames=4, channels=1, height=SIZE, width=SIZE, latent_dim=4,
         codebook_size=16, hidden=4, top_k=4, output_activation="sigmoid", seed=0,
@@ -66,8 +67,8 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, dict]
     if "plugin_net" not in BACKBONES:
         register_backbone("plugin_net", _PluginNet)
     name, suite = load_suite("smoke")
-    suite = dataclasses.replace(
-        suite, tasks=["sevir"], backbones=["resnet", "plugin_net"], seeds=[0, 1], episodes=None,
+    tiny = dict(
+        tasks=["sevir"], backbones=["resnet", "plugin_net"], seeds=[0, 1], episodes=None,
         eval_batch_size=4,
         overrides=[*suite.overrides, "train.epochs=3", "train.batch_size=2",
                    "train.limit_train_samples=2",
@@ -75,6 +76,13 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, dict]
         task_overrides={"sevir": [TINY_DATA, f"world_model={wm_path}"]}, panels=False,
         backbone_kwargs={"resnet": {"hidden": 8}, "plugin_net": {"hidden": 8}},
     )
+    return name, dataclasses.replace(suite, **{**tiny, **changes})
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, dict]:
+    root = tmp_path_factory.mktemp("leaderboard")
+    name, suite = _tiny_smoke_suite(root)
     out = run_suite(name, suite, out_dir=root / "results", run_root=root / "runs")
     # an interrupted suite resumes: the finished trainings are reused, only evaluation reruns
     again = run_suite(name, suite, out_dir=root / "again", run_root=root / "runs", resume=True)
@@ -84,9 +92,9 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, dict]
 def test_json_schema_and_files(results: tuple[dict, Path, dict]) -> None:
     out, out_dir, _ = results
     on_disk = json.loads((out_dir / "smoke.json").read_text())
-    for key in ("schema_version", "suite", "command", "package_version", "git_commit", "hardware",
-                "config", "tasks", "runs", "references", "summary", "wall_time_s",
-                "created_utc"):
+    for key in ("schema_version", "suite", "command", "package_version", "git_commit",
+                "git_dirty", "hardware", "config", "tasks", "runs", "references", "summary",
+                "wall_time_s", "created_utc"):
         assert key in on_disk, key
     assert on_disk["suite"] == "smoke" and on_disk["config"]["seeds"] == [0, 1]
     # one baseline + one +SFP run per (task, backbone, seed)
@@ -172,7 +180,17 @@ def test_one_seed_marks_no_difference_and_says_so(results: tuple[dict, Path, dic
     assert "One seed only" not in render_markdown(out)  # two seeds: spreads are shown
 
 
-@pytest.mark.parametrize("suite_name", sorted(p.stem for p in SUITES_DIR.glob("*.yaml")))
+def test_unknown_suite_names_the_shipped_ones() -> None:
+    assert {"smoke", "small", "full", "sevir_plain", "nse_plain"} <= set(shipped_suites())
+    with pytest.raises(ConfigError, match="suite 'smal' not found") as err:
+        load_suite("smal")
+    assert all(name in str(err.value) for name in shipped_suites())
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    assert all(name in parser.format_help() for name in shipped_suites())
+
+
+@pytest.mark.parametrize("suite_name", shipped_suites())
 @pytest.mark.parametrize("planner", sorted(PLANNERS))
 def test_every_planner_gets_arguments_it_takes(suite_name: str, planner: str) -> None:
     """A suite's rows for any registered planner build (the config's planner.kwargs belong to
@@ -199,13 +217,6 @@ def test_bad_planner_kwargs_fail_before_any_training(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"planner 'cem': invalid arguments \['beam_width'\]"):
         run_suite("smoke", suite, out_dir=tmp_path / "out", run_root=tmp_path / "runs")
     assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
-
-
-def test_unknown_suite_names_the_shipped_ones() -> None:
-    from sfp_env.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="smoke"):
-        load_suite("no_such_suite")
 
 
 def test_resume_reuses_finished_trainings_and_reproduces_the_numbers(
@@ -320,6 +331,14 @@ def _nse_results(reference: dict[str, float] | None) -> dict:
     return results
 
 
+@pytest.mark.parametrize(("dirty", "said"), [(True, True), (False, False), (None, False)])
+def test_markdown_says_when_the_code_was_not_committed(dirty: bool | None, said: bool) -> None:
+    results = {**_nse_results(None), "git_commit": "0123456789abcdef", "git_dirty": dirty}
+    md = render_markdown(results)
+    assert "(commit 0123456789" in md
+    assert ("0123456789 with uncommitted changes)" in md) == said
+
+
 @pytest.mark.parametrize(("tke", "base", "sfp"), [(0.30, 0, 1), (0.10, 0, 0), (0.50, 1, 1)])
 def test_reference_counts_follow_the_metric_direction(tke: float, base: int, sfp: int) -> None:
     summary = summarize(_nse_results({"tke_error": tke, "mse": 0.2}))
@@ -363,3 +382,37 @@ def test_overrides_after_a_list_option_stay_overrides() -> None:
         split("--seeds", "zero")
     with pytest.raises(ConfigError, match="--tasks was given no values"):
         split("--tasks", "train.epochs=1")
+
+
+def test_ablation_rows_train_beside_the_full_agent(tmp_path: Path) -> None:
+    """A suite's ablation trains one more +SFP agent per row with its overrides; it gets its
+    own table and the share of the full agent's change it keeps, and leaves the main rows,
+    the averages and the target to the full agents."""
+    name, suite = _tiny_smoke_suite(
+        tmp_path, backbones=["resnet"], seeds=[0],
+        ablations={"no_planning": ["loss.pseudo_warmup=1000000"]},
+    )
+    out = run_suite(name, suite, out_dir=tmp_path / "out", run_root=tmp_path / "runs")
+    ablated = [r for r in out["runs"] if r["ablation"] == "no_planning"]
+    full = [r for r in out["runs"] if r["mode"] == "sfp" and r["ablation"] is None]
+    assert len(out["runs"]) == 3 and len(ablated) == 1 and len(full) == 1
+    assert ablated[0]["config"]["loss"]["pseudo_warmup"] == 1000000
+    assert full[0]["config"]["loss"]["pseudo_warmup"] != 1000000
+    assert Path(ablated[0]["run_dir"]).name == "sfp-beam-no_planning"
+    # the planner never ran in the ablated agent: no planning values in its history
+    assert not any("train/reward_gain" in h for h in ablated[0]["history"])
+    assert any("train/reward_gain" in h for h in full[0]["history"])
+    summary = out["summary"]
+    assert len(summary["rows"]) == 1 and summary["tasks"]["sevir"]["rows"] == 1
+    (row,) = summary["ablations"]
+    base = summary["rows"][0]["baseline"]["csi_m"]["mean"]
+    change = summary["rows"][0]["sfp"]["csi_m"]["mean"] - base
+    expect = (ablated[0]["metrics"]["csi_m"] - base) / change if change else float("nan")
+    assert row["kept_change"] == pytest.approx(expect, nan_ok=True)
+    md = (tmp_path / "out" / "smoke.md").read_text()
+    assert "`no_planning`: `loss.pseudo_warmup=1000000`" in md
+    assert "| resnet | beam | no_planning |" in md
+    assert "| sevir | resnet | sfp-beam (no_planning) | 0 |" in md
+    assert md == render_markdown(out)
+    with pytest.raises(ConfigError, match="plain word"):
+        dataclasses.replace(suite, ablations={"no planning": []})
