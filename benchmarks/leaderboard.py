@@ -93,11 +93,19 @@ class SuiteConfig:
     panels: bool = True
 
     def __post_init__(self) -> None:
-        for name in self.ablations:
-            if not re.fullmatch(r"[A-Za-z0-9_]+", str(name)):
+        for name, overrides in self.ablations.items():
+            if not (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_]+", name)):
                 raise ConfigError(
                     f"suite ablation name {name!r} is not a plain word (it names run folders)",
                     fix="use letters, digits and underscores, e.g. no_planning",
+                )
+            if isinstance(overrides, (str, bytes)) or not (
+                isinstance(overrides, list) and all(isinstance(o, str) for o in overrides)
+            ):
+                raise ConfigError(
+                    f"suite ablation {name!r} must be a list of key=value overrides, got "
+                    f"{overrides!r}",
+                    fix=f"write {name}: [loss.pseudo_warmup=1000000] (a YAML list, even of one)",
                 )
 
 
@@ -122,22 +130,24 @@ def load_suite(name_or_path: str) -> tuple[str, SuiteConfig]:
 # --------------------------------------------------------------------------------------------
 # running
 # --------------------------------------------------------------------------------------------
-def _git(*args: str) -> str | None:
+def _git(*args: str, cwd: Path | None = None) -> str | None:
     try:
         out = subprocess.run(
             ["git", *args], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).resolve().parent,
+            cwd=cwd or Path(__file__).resolve().parent,
         )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout if out.returncode == 0 else None
 
 
-def _git_state() -> dict[str, Any]:
+def _git_state(cwd: Path | None = None) -> dict[str, Any]:
     """``git_commit`` (HEAD, or None outside a git checkout) and ``git_dirty`` (tracked files
-    differ from it; None when unknown) of the code that is about to run."""
-    commit = (_git("rev-parse", "HEAD") or "").strip() or None
-    status = None if commit is None else _git("status", "--porcelain", "--untracked-files=no")
+    differ from it; None when unknown) of the code that is about to run (the checkout holding
+    ``cwd``, default this package's)."""
+    commit = (_git("rev-parse", "HEAD", cwd=cwd) or "").strip() or None
+    status = (None if commit is None
+              else _git("status", "--porcelain", "--untracked-files=no", cwd=cwd))
     return {"git_commit": commit, "git_dirty": None if status is None else bool(status.strip())}
 
 
@@ -230,14 +240,24 @@ def row_config(
             overrides.append("planner.kwargs={}")
         overrides.append(f"planner.name={planner}")
     if ablation is not None:
-        if planner is None or ablation not in suite.ablations:
+        if planner is None:
             raise ConfigError(
-                f"ablation {ablation!r} needs a planner and a name in the suite's ablations "
-                f"({sorted(suite.ablations)})",
-                fix="name an ablation of the suite for a +SFP row",
+                f"ablation {ablation!r} was asked of a baseline; ablations change +SFP agents",
+                fix="pass a planner with the ablation, or no ablation for the baseline",
+            )
+        if ablation not in suite.ablations:
+            raise ConfigError(
+                f"unknown ablation {ablation!r}; this suite has {sorted(suite.ablations)}",
+                fix="name one of the suite's ablations (its ablations: section)",
             )
         overrides += list(suite.ablations[ablation])
     return load_config(AgentRunConfig, task, overrides + list(extra))
+
+
+def _run_tag(planner: str | None, ablation: str | None) -> str:
+    """The run folder of one model under ``<task>/<backbone>/seed<seed>``."""
+    tag = "baseline" if planner is None else f"sfp-{planner}"
+    return tag if ablation is None else f"{tag}-{ablation}"
 
 
 def _agents(suite: SuiteConfig) -> list[tuple[str | None, str | None]]:
@@ -257,6 +277,14 @@ def check_rows(suite: SuiteConfig, data_roots: Mapping[str, str] | None = None) 
 
     for name in suite.references:
         REFERENCE_FORECASTS.get(name)  # RegistryError listing the references
+    tags = [_run_tag(planner, ablation) for planner, ablation in _agents(suite)]
+    if len(set(tags)) < len(tags):
+        twice = sorted({t for t in tags if tags.count(t) > 1})
+        raise ConfigError(
+            f"two models of this suite would share the run folder(s) {twice} (a planner named "
+            "like another planner plus an ablation)",
+            fix="rename the ablation (or the planner) so that every run folder differs",
+        )
     for task in suite.tasks:
         get_task(task)  # RegistryError listing the tasks
         for backbone in suite.backbones:
@@ -270,7 +298,7 @@ def check_rows(suite: SuiteConfig, data_roots: Mapping[str, str] | None = None) 
 def _run_one(
     task: str, backbone: str, planner: str | None, seed: int, suite: SuiteConfig, *,
     run_root: Path, accelerator: Any, data_roots: Mapping[str, str], reuse: bool = False,
-    ablation: str | None = None,
+    ablation: str | None = None, git_commit: str | None = None,
 ) -> dict[str, Any]:
     """Train one model (baseline when ``planner`` is None) and evaluate it on the test split.
 
@@ -280,10 +308,7 @@ def _run_one(
     from sfp_agents.training.self_train import train_agent
 
     mode = "baseline" if planner is None else "sfp"
-    tag = mode if planner is None else f"sfp-{planner}"
-    if ablation is not None:
-        tag += f"-{ablation}"
-    run_dir = run_root / task / backbone / f"seed{seed}" / tag
+    run_dir = run_root / task / backbone / f"seed{seed}" / _run_tag(planner, ablation)
     config = row_config(task, backbone, planner, seed, suite, run_dir, data_roots.get(task),
                         ablation=ablation)
     record_path = run_dir / TRAINED_RECORD
@@ -298,6 +323,7 @@ def _run_one(
             "config": to_dict(config),
             "checkpoint": str(result.best_checkpoint),
             "world_model_hash": _world_model_hash(config),
+            "git_commit": git_commit,
             "train_wall_s": round(time.perf_counter() - t0, 2),
             "history": [
                 {k: v for k, v in h.items() if isinstance(v, (int, float, str))}
@@ -329,6 +355,7 @@ def _run_one(
         "loss_last": losses[-1] if losses else None,
         "train_wall_s": trained["train_wall_s"], "eval_wall_s": round(eval_s, 2),
         "reused_training": trained["reused"],
+        "trained_at_commit": trained.get("git_commit"),
         "run_dir": run_dir.as_posix(), "checkpoint": trained["checkpoint"],
         "config": to_dict(config),
     }
@@ -378,7 +405,7 @@ def run_suite(
                     runs.append(_run_one(
                         task, backbone, planner, seed, suite, run_root=run_root,
                         accelerator=accelerator, data_roots=data_roots or {}, reuse=resume,
-                        ablation=ablation,
+                        ablation=ablation, git_commit=code["git_commit"],
                     ))
     references = [
         _score_reference(task, ref, suite, accelerator=accelerator,
@@ -517,6 +544,9 @@ def summarize(results: Mapping[str, Any]) -> dict[str, Any]:
                     "avg_rel_change_mse": _mean_std(
                         [a["rel_change"].get("mse", float("nan")) for a in group])[0],
                     "avg_kept_change": _mean_std([a["kept_change"] for a in group])[0],
+                    "rows_with_kept_change": sum(math.isfinite(a["kept_change"])
+                                                 for a in group),
+                    "rows": len(group),
                 }
                 for name in sorted({a["ablation"] for a in ablation_rows})
                 for group in [[a for a in ablation_rows if a["ablation"] == name]]
@@ -621,6 +651,11 @@ def render_markdown(results: Mapping[str, Any]) -> str:
             f"{trained_s / 60:.1f} min).",
             "",
         ]
+        earlier = sorted({str(r["trained_at_commit"])[:10] for r in runs
+                          if r.get("reused_training") and r.get("trained_at_commit")
+                          and r["trained_at_commit"] != results.get("git_commit")})
+        if earlier:
+            lines += [f"The reused trainings ran at commit(s) {', '.join(earlier)}.", ""]
     lines += [
         "Each row: the same backbone trained as a supervised MSE baseline and with SFP (same seed, "
         "initialization, data, epochs, optimizer), scored on the embedded test split. "
@@ -710,13 +745,15 @@ def _ablation_table(results: Mapping[str, Any], summary: Mapping[str, Any],
     full = {(r["backbone"], r["planner"]): r for r in summary["rows"] if r["task"] == task}
     for a in rows:
         row = full[(a["backbone"], a["planner"])]
-        spread = len(a["seeds"]) > 1
+        spread, own = len(row["seeds"]) > 1, len(a["seeds"]) > 1
+        name = a["ablation"] if a["seeds"] == row["seeds"] else (
+            f"{a['ablation']} (seeds {a['seeds']}; the row's: {row['seeds']})")
         lines.append("| " + " | ".join([
-            a["backbone"], a["planner"], a["ablation"],
+            a["backbone"], a["planner"], name,
             _fmt(row["baseline"].get(dom), spread=spread), _fmt(row["sfp"].get(dom),
                                                                  spread=spread),
-            _fmt(a["metrics"].get(dom), spread=spread), _pct(a["rel_change"].get(dom)),
-            _pct(a["kept_change"]).lstrip("+"), _fmt(a["metrics"].get("mse"), spread=spread),
+            _fmt(a["metrics"].get(dom), spread=own), _pct(a["rel_change"].get(dom)),
+            _pct(a["kept_change"]).lstrip("+"), _fmt(a["metrics"].get("mse"), spread=own),
             _pct(a["rel_change"].get("mse")),
         ]) + " |")
     lines.append("")
@@ -725,7 +762,10 @@ def _ablation_table(results: Mapping[str, Any], summary: Mapping[str, Any],
             f"Average over backbones, `{name}`: Δ {dom} {_pct(avg['avg_rel_change_domain'])} "
             f"(full +SFP {_pct(t['avg_rel_change_domain'])}), Δ MSE "
             f"{_pct(avg['avg_rel_change_mse'])}; kept {_pct(avg['avg_kept_change']).lstrip('+')}"
-            " of the full agent's change."
+            " of the full agent's change"
+            + ("." if avg.get("rows_with_kept_change", 0) == avg.get("rows", 0) else
+               f" (over the {avg['rows_with_kept_change']} of {avg['rows']} rows where the full "
+               "agent changed it at all).")
         )
     return [*lines, ""]
 

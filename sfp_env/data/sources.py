@@ -1,5 +1,8 @@
 """Data sources: a name -> ``build(split, root=None, **kwargs) -> Dataset`` registry.
 
+Build datasets with :func:`build_dataset`, not by calling a registered builder directly: for
+a source with embedded data it resolves ``root`` first, so such builders take a Path.
+
 =========  ======================================  ==================================
 name       dataset                                 ``root=None`` means
 =========  ======================================  ==================================
@@ -45,7 +48,8 @@ __all__ = [
     "DataSourceBuilder",
 ]
 
-#: ``build(split, root=None, **kwargs) -> Dataset``
+#: ``build(split, root, **kwargs) -> Dataset``; ``root`` is a Path for sources registered with a
+#: generator (resolved by :func:`build_dataset`), else as the caller gave it (may be None)
 DataSourceBuilder = Callable[..., Dataset]
 
 #: name -> builder

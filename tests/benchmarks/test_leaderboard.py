@@ -20,6 +20,7 @@ from benchmarks.leaderboard import (
     TRAINED_RECORD,
     SuiteConfig,
     _finished_training,
+    _git_state,
     _world_model_hash,
     check_rows,
     configure,
@@ -416,3 +417,96 @@ def test_ablation_rows_train_beside_the_full_agent(tmp_path: Path) -> None:
     assert md == render_markdown(out)
     with pytest.raises(ConfigError, match="plain word"):
         dataclasses.replace(suite, ablations={"no planning": []})
+    # resumed: all three reused (the ablation's record matches its own config), same numbers,
+    # and each run says at which commit it was trained
+    again = run_suite(name, suite, out_dir=tmp_path / "again", run_root=tmp_path / "runs",
+                      resume=True)
+    assert all(r["reused_training"] for r in again["runs"])
+    assert json.dumps([r["metrics"] for r in again["runs"]]) == json.dumps(
+        [r["metrics"] for r in out["runs"]])  # NaN scores compare equal as text
+    assert {r["trained_at_commit"] for r in again["runs"]} == {out["git_commit"]}
+
+
+def _with_ablation(tkes: list[float], seeds: list[int] | None = None) -> dict:
+    """``_nse_results`` (baseline 0.40/0.42, +SFP 0.20/0.22) plus an ablated agent's runs."""
+    results = _nse_results(None)
+    for seed, tke in zip(seeds or [0, 1], tkes):
+        results["runs"].append({**results["runs"][2], "seed": seed, "ablation": "no_planning",
+                                "metrics": {"tke_error": tke, "mse": 0.3}})
+    results["config"] = {"ablations": {"no_planning": ["loss.pseudo_warmup=1000000"]}}
+    return results
+
+
+def test_ablation_summary_and_table_by_hand() -> None:
+    """Base 0.41, full +SFP 0.21, ablated 0.31: half of the change kept; the ablation stays out
+    of the main rows and the averages."""
+    results = _with_ablation([0.30, 0.32])
+    summary = summarize(results)
+    (row,) = summary["rows"]
+    assert row["sfp"]["tke_error"]["mean"] == pytest.approx(0.21)
+    (a,) = summary["ablations"]
+    assert a["kept_change"] == pytest.approx(0.5)
+    assert a["rel_change"]["tke_error"] == pytest.approx(-0.1 / 0.41)
+    assert a["rel_change"]["mse"] == pytest.approx(2.0)
+    task = summary["tasks"]["nse"]
+    assert task["rows"] == 1 and task["avg_rel_change_domain"] == pytest.approx(-0.2 / 0.41)
+    assert task["ablations"]["no_planning"]["avg_kept_change"] == pytest.approx(0.5)
+    md = render_markdown(results)
+    assert "| resnet | beam | no_planning | 0.4100 ± 0.0141 | 0.2100 ± 0.0141 | 0.3100 ± 0.0141 " \
+        "| -24.4% | 50.0% |" in md
+    assert "kept 50.0% of the full agent's change." in md
+
+    same = summarize(_with_ablation([0.20, 0.22]))["ablations"][0]
+    assert same["kept_change"] == pytest.approx(1.0)
+    # the full agent did not change the metric: nothing to keep, and the average says so
+    flat = _with_ablation([0.30, 0.32])
+    for r in flat["runs"]:
+        if r["mode"] == "sfp" and not r.get("ablation"):
+            r["metrics"]["tke_error"] = 0.41
+    flat["runs"][0]["metrics"]["tke_error"] = 0.41
+    flat["runs"][1]["metrics"]["tke_error"] = 0.41
+    summary = summarize(flat)
+    assert math.isnan(summary["ablations"][0]["kept_change"])
+    md = render_markdown(flat)
+    assert "| n/a |" in md and "over the 0 of 1 rows" in md
+    # an ablation run with other seeds than its row is labelled, not silently compared
+    md = render_markdown(_with_ablation([0.30], seeds=[5]))
+    assert "no_planning (seeds [5]; the row's: [0, 1])" in md
+
+
+def test_ablations_are_checked_before_training() -> None:
+    with pytest.raises(ConfigError, match="list of key=value overrides"):
+        SuiteConfig(ablations={"no_planning": "loss.pseudo_warmup=1000000"})
+    with pytest.raises(ConfigError, match="plain word"):
+        SuiteConfig(ablations={1: ["loss.pseudo_warmup=1"]})
+    # planner "beam-x" and planner "beam" with ablation "x" would share a run folder
+    suite = SuiteConfig(tasks=["nse"], backbones=["resnet"], planners=["beam", "beam-x"],
+                        ablations={"x": ["loss.pseudo_warmup=1"]})
+    with pytest.raises(ConfigError, match=r"share the run folder.*sfp-beam-x"):
+        check_rows(suite)
+    ok = dataclasses.replace(suite, planners=["beam"])
+    with pytest.raises(ConfigError, match="unknown ablation 'y'"):
+        row_config("nse", "resnet", "beam", 0, ok, Path("r"), ablation="y")
+    with pytest.raises(ConfigError, match="asked of a baseline"):
+        row_config("nse", "resnet", None, 0, ok, Path("r"), ablation="x")
+    config = row_config("nse", "resnet", "beam", 0, ok, Path("r"), ablation="x")
+    assert config.loss.pseudo_warmup == 1
+
+
+def test_git_state_reads_commit_and_uncommitted_changes(tmp_path: Path) -> None:
+    import subprocess
+
+    assert _git_state(tmp_path) == {"git_commit": None, "git_dirty": None}
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                       cwd=tmp_path, check=True, capture_output=True)
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("add", "a.py")
+    git("commit", "-q", "-m", "one")
+    state = _git_state(tmp_path)
+    assert len(state["git_commit"]) == 40 and state["git_dirty"] is False
+    (tmp_path / "new.txt").write_text("untracked files do not count\n")
+    assert _git_state(tmp_path)["git_dirty"] is False
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert _git_state(tmp_path) == {"git_commit": state["git_commit"], "git_dirty": True}
