@@ -494,15 +494,12 @@ def summarize(results: Mapping[str, Any]) -> dict[str, Any]:
                 keys = sorted(set().union(*(r["metrics"] for r in base_runs + sfp_runs)))
                 row: dict[str, Any] = {
                     "task": task, "backbone": backbone, "planner": planner,
-                    "seeds": sorted(r["seed"] for r in sfp_runs), "baseline": {}, "sfp": {},
-                    "rel_change": {},
+                    "seeds": sorted(r["seed"] for r in sfp_runs),
+                    "baseline": _metric_stats(base_runs, keys),
+                    "sfp": _metric_stats(sfp_runs, keys),
                 }
-                for k in keys:
-                    bm, bs = _mean_std([r["metrics"].get(k, float("nan")) for r in base_runs])
-                    sm, ss = _mean_std([r["metrics"].get(k, float("nan")) for r in sfp_runs])
-                    row["baseline"][k] = {"mean": bm, "std": bs}
-                    row["sfp"][k] = {"mean": sm, "std": ss}
-                    row["rel_change"][k] = _rel(sm, bm)
+                row["rel_change"] = {k: _rel(row["sfp"][k]["mean"], row["baseline"][k]["mean"])
+                                     for k in keys}
                 b, s = row["baseline"].get(dom, {}), row["sfp"].get(dom, {})
                 diff = s.get("mean", float("nan")) - b.get("mean", float("nan"))
                 spread = b.get("std", 0.0) + s.get("std", 0.0)
@@ -537,22 +534,42 @@ def summarize(results: Mapping[str, Any]) -> dict[str, Any]:
             "mse_within_tolerance": bool(math.isfinite(avg_mse) and avg_mse <= MSE_TOLERANCE),
             "rows_sfp_better": sum(r["sfp_better"] for r in task_rows),
             "rows": len(task_rows),
-            "ablations": {
-                name: {
-                    "avg_rel_change_domain": _mean_std(
-                        [a["rel_change"].get(dom, float("nan")) for a in group])[0],
-                    "avg_rel_change_mse": _mean_std(
-                        [a["rel_change"].get("mse", float("nan")) for a in group])[0],
-                    "avg_kept_change": _mean_std([a["kept_change"] for a in group])[0],
-                    "rows_with_kept_change": sum(math.isfinite(a["kept_change"])
-                                                 for a in group),
-                    "rows": len(group),
-                }
-                for name in sorted({a["ablation"] for a in ablation_rows})
-                for group in [[a for a in ablation_rows if a["ablation"] == name]]
-            },
+            "ablations": {name: _ablation_average(group, dom)
+                          for name, group in _by_ablation(ablation_rows).items()},
         }
     return summary
+
+
+def _metric_stats(runs: Sequence[Mapping[str, Any]],
+                  keys: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Per metric key: mean and std over ``runs`` (a run without the key counts as NaN and is
+    left out, as :func:`_mean_std` leaves out non-finite values)."""
+    stats = {}
+    for k in keys:
+        mean, std = _mean_std([r["metrics"].get(k, float("nan")) for r in runs])
+        stats[k] = {"mean": mean, "std": std}
+    return stats
+
+
+def _by_ablation(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """Ablation rows grouped by ablation name, names sorted."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for a in rows:
+        groups.setdefault(a["ablation"], []).append(a)
+    return dict(sorted(groups.items()))
+
+
+def _ablation_average(group: Sequence[Mapping[str, Any]], dom: str) -> dict[str, Any]:
+    """One ablation's averages over its rows (backbones x planners) of a task."""
+    return {
+        "avg_rel_change_domain": _mean_std(
+            [a["rel_change"].get(dom, float("nan")) for a in group])[0],
+        "avg_rel_change_mse": _mean_std(
+            [a["rel_change"].get("mse", float("nan")) for a in group])[0],
+        "avg_kept_change": _mean_std([a["kept_change"] for a in group])[0],
+        "rows_with_kept_change": sum(math.isfinite(a["kept_change"]) for a in group),
+        "rows": len(group),
+    }
 
 
 def _ablation_rows(runs: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]],
@@ -566,10 +583,7 @@ def _ablation_rows(runs: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str
                 and r["planner"] == row["planner"] and r.get("ablation")]
         for name in sorted({r["ablation"] for r in mine}):
             group = [r for r in mine if r["ablation"] == name]
-            metrics = {}
-            for k in row["baseline"]:
-                mean, std = _mean_std([r["metrics"].get(k, float("nan")) for r in group])
-                metrics[k] = {"mean": mean, "std": std}
+            metrics = _metric_stats(group, list(row["baseline"]))
             base = row["baseline"].get(dom, {}).get("mean", float("nan"))
             full = row["sfp"].get(dom, {}).get("mean", float("nan"))
             ablated = metrics.get(dom, {}).get("mean", float("nan"))
