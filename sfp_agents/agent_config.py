@@ -173,9 +173,13 @@ class SFPLossConfig:
     reconstruction error cancels.
 
     ``pseudo_warmup``: optimizer steps at the start of training during which the pseudo-label
-    and plan-latent terms are off (the agent learns from the truth alone, as the baseline
-    does), so the planner first searches around a forecast with some structure; 0: from the
-    first step.
+    and plan-latent terms are off and the planner does not run (the agent learns from the
+    truth alone, as the baseline does), so the planner first searches around a forecast with
+    some structure; 0: from the first step. ``pseudo_warmup_ratio`` says the same as a share
+    of the run's optimizer steps (``train.epochs`` x batches per epoch, capped by
+    ``train.max_steps``), rounded to whole steps by :meth:`warmup_steps`, so one setting
+    travels between budgets and data sizes (0.3: the first 30%; 1: the planner never runs).
+    Set at most one of the two.
 
     With ``only_better`` a sample's pseudo-label (and plan-latent) terms count only when its
     pseudo-target's total reward beats the agent's own forecast's (scored the same way, per
@@ -202,6 +206,7 @@ class SFPLossConfig:
     only_better: bool = False
     pseudo_target: str = "future"
     pseudo_warmup: int = 0
+    pseudo_warmup_ratio: float = 0.0
 
     #: the loss weights (each >= 0, not all 0); ``code_temperature`` is a scale, not a weight
     WEIGHTS: ClassVar[tuple[str, ...]] = (
@@ -221,6 +226,18 @@ class SFPLossConfig:
         _require("SFPLossConfig", "pseudo_warmup",
                  _is_int(self.pseudo_warmup) and self.pseudo_warmup >= 0,
                  self.pseudo_warmup, "a whole number of optimizer steps >= 0")
+        ratio = self.pseudo_warmup_ratio
+        _require("SFPLossConfig", "pseudo_warmup_ratio",
+                 isinstance(ratio, (int, float)) and not isinstance(ratio, bool)
+                 and math.isfinite(ratio) and 0 <= ratio <= 1,
+                 ratio, "a share of the run's steps from 0 to 1")
+        if self.pseudo_warmup and ratio:
+            raise ConfigError(
+                f"SFPLossConfig: pseudo_warmup={self.pseudo_warmup} (steps) and "
+                f"pseudo_warmup_ratio={ratio} (a share of the steps) both set the planner's "
+                "warmup",
+                fix="set one of them and leave the other at 0 (e.g. loss.pseudo_warmup=0)",
+            )
         _require("SFPLossConfig", "pseudo_target",
                  isinstance(self.pseudo_target, str) and bool(self.pseudo_target),
                  self.pseudo_target, "a pseudo-target name such as 'future' or 'delta'")
@@ -230,6 +247,14 @@ class SFPLossConfig:
                 fix="give one of " + ", ".join(f"loss.{n}" for n in self.WEIGHTS)
                 + " a positive weight",
             )
+
+    def warmup_steps(self, total_steps: int) -> int:
+        """Optimizer steps of the planner's warmup in a run of ``total_steps`` steps:
+        ``pseudo_warmup``, or ``pseudo_warmup_ratio`` of ``total_steps`` rounded to a whole
+        number of steps (so ratio 1 covers the whole run)."""
+        if self.pseudo_warmup_ratio:
+            return int(round(self.pseudo_warmup_ratio * total_steps))
+        return self.pseudo_warmup
 
 
 @dataclass

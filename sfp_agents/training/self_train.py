@@ -30,8 +30,9 @@ sharded by Accelerate).
 
 Logged per step (TensorBoard ``train/...``): the loss terms, ``reward_pseudo`` (the
 pseudo-target's total reward, the sum of its chunk rewards), ``reward_forecast`` (the agent's
-own forecast scored the same way) and their difference ``reward_gain``; during the
-``loss.pseudo_warmup`` steps the planner does not run, so ``pseudo_mse``, ``latent_mse``,
+own forecast scored the same way) and their difference ``reward_gain``; during the planner's
+warmup (``loss.pseudo_warmup`` steps, or ``loss.pseudo_warmup_ratio`` of the run's steps) the
+planner does not run, so ``pseudo_mse``, ``latent_mse``,
 ``pseudo_kept``, ``reward_pseudo`` and ``reward_gain`` are not logged (``anchor_mse``, the
 latent and code anchors and ``reward_forecast`` are; epoch means are per term, over the steps
 that logged it). Every
@@ -261,11 +262,14 @@ class SFPObjective:
         planner: searches around the (detached) intentions.
         world_model: the frozen world model (refused otherwise, here and at every call).
         reward: task reward ``fn(pred [N, T, C, H, W], truth) -> [N]``.
-        weights: the three loss weights.
+        weights: the loss weights and the planner's warmup.
+        total_steps: optimizer steps of the run, which a ``weights.pseudo_warmup_ratio`` is a
+            share of (see :meth:`set_total_steps`); None: the warmup is
+            ``weights.pseudo_warmup`` steps.
     """
 
     def __init__(self, planner: Planner, world_model: Any, reward: Reward,
-                 weights: SFPLossConfig) -> None:
+                 weights: SFPLossConfig, total_steps: int | None = None) -> None:
         check_frozen(world_model)
         self.planner = planner
         self.world_model = world_model
@@ -273,12 +277,20 @@ class SFPObjective:
         self.weights = weights
         self.chunk_frames = int(world_model.config.chunk_frames)
         self.pseudo_target = PSEUDO_TARGETS.get(weights.pseudo_target)
+        self.warmup_steps = weights.pseudo_warmup
+        if total_steps is not None:
+            self.set_total_steps(total_steps)
+
+    def set_total_steps(self, total_steps: int) -> None:
+        """Resolve the planner's warmup for a run of ``total_steps`` optimizer steps
+        (``weights.warmup_steps``); called by :func:`train_agent` once the Trainer knows it."""
+        self.warmup_steps = self.weights.warmup_steps(total_steps)
 
     def __call__(self, model: nn.Module, context: Tensor, truth: Tensor,
                  step: int | None = None) -> dict[str, Tensor]:
         """``model(context) -> (forecast, intentions)`` (an :class:`IntentionForecaster`,
         possibly DDP-wrapped); returns ``{"loss": ..., terms and rewards}``. ``step``: the
-        optimizer step about to be taken; below ``weights.pseudo_warmup`` the pseudo-label and
+        optimizer step about to be taken; below ``warmup_steps`` the pseudo-label and
         plan-latent terms are off and the planner does not run, so those steps log no
         ``pseudo_mse``, ``latent_mse``, ``pseudo_kept``, ``reward_pseudo`` or ``reward_gain``
         (None: on)."""
@@ -290,7 +302,7 @@ class SFPObjective:
         anchor_mse = F.mse_loss(forecast, truth)
         loss = w.anchor * anchor_mse
         terms: dict[str, Tensor] = {"anchor_mse": anchor_mse.detach()}
-        if step is None or step >= w.pseudo_warmup:
+        if step is None or step >= self.warmup_steps:
             plan_loss, plan_terms = self._plan_terms(context, forecast, intentions, truth, own)
             loss = loss + plan_loss
             terms.update(plan_terms)
@@ -345,17 +357,20 @@ class SFPObjective:
 @dataclass
 class ModeSetup:
     """The module the Trainer optimizes and ``step(model, context, truth, step) -> logs``
-    (``step``: the optimizer step about to be taken, from 0)."""
+    (``step``: the optimizer step about to be taken, from 0). ``set_total_steps``, if given,
+    is called with the run's optimizer steps once the Trainer is built (before the first
+    step)."""
 
     model: nn.Module
     step: Callable[[nn.Module, Tensor, Tensor, int], Mapping[str, Tensor]]
+    set_total_steps: Callable[[int], None] | None = None
 
 
 def _sfp_mode(config: AgentRunConfig, policy: nn.Module, world_model: Any,
               reward: Reward) -> ModeSetup:
     planner = get_planner(config.planner.name, **dict(config.planner.kwargs))
-    return ModeSetup(IntentionForecaster(policy),
-                     SFPObjective(planner, world_model, reward, config.loss))
+    objective = SFPObjective(planner, world_model, reward, config.loss)
+    return ModeSetup(IntentionForecaster(policy), objective, objective.set_total_steps)
 
 
 def _baseline_mode(config: AgentRunConfig, policy: nn.Module, world_model: Any,
@@ -493,6 +508,8 @@ def train_agent(
         best_mode=spec.domain_mode,  # type: ignore[arg-type]
         progress=progress,
     )
+    if setup.set_total_steps is not None:
+        setup.set_total_steps(trainer.total_steps)
 
     def train_step(batch: Any) -> Mapping[str, Tensor]:
         context, truth = batch[0].float(), batch[1].float()

@@ -494,6 +494,43 @@ def test_pseudo_warmup_turns_the_planner_terms_on_at_its_step(wm_path: Path) -> 
         load_config(AgentRunConfig, "sevir", ["loss.pseudo_warmup=-1"])
 
 
+@pytest.mark.parametrize("ratio, total, steps", [
+    (0.3, 80, 24), (0.3, 240, 72), (0.5, 6, 3), (1.0, 6, 6), (0.0, 6, 0), (0.01, 6, 0),
+])
+def test_pseudo_warmup_ratio_is_a_share_of_the_runs_steps(ratio: float, total: int,
+                                                          steps: int) -> None:
+    assert SFPLossConfig(pseudo_warmup_ratio=ratio).warmup_steps(total) == steps
+    assert SFPLossConfig(pseudo_warmup=7).warmup_steps(total) == 7  # steps ignore the length
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["loss.pseudo_warmup_ratio=1.5"], "pseudo_warmup_ratio"),
+    (["loss.pseudo_warmup_ratio=-0.1"], "pseudo_warmup_ratio"),
+    (["loss.pseudo_warmup_ratio=.nan"], "pseudo_warmup_ratio"),
+    (["loss.pseudo_warmup_ratio=true"], "pseudo_warmup_ratio"),
+    (["loss.pseudo_warmup=24", "loss.pseudo_warmup_ratio=0.3"], "loss.pseudo_warmup=0"),
+])
+def test_a_bad_pseudo_warmup_ratio_is_refused(overrides: list[str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_config(AgentRunConfig, "sevir", overrides)
+
+
+def test_train_agent_resolves_the_warmup_ratio_from_its_steps(tmp_path: Path,
+                                                              wm_path: Path) -> None:
+    """6 windows in batches of 2 for 2 epochs: 6 steps, so ratio 0.5 keeps the planner off for
+    the first epoch (3 steps) and on for the second; the objective sees those 3 steps."""
+    config = make_config(tmp_path / "w", wm_path, **{
+        "train.epochs": 2, "loss.pseudo_warmup_ratio": 0.5})
+    result = train_agent(config, tensorboard=False, progress=False)
+    first, second = result.history
+    assert result.steps == 6 and "train/pseudo_mse" not in first
+    assert math.isfinite(second["train/pseudo_mse"]) and "train/reward_gain" in second
+    objective = SFPObjective(get_planner("beam", beam_width=1, top_k=2),
+                             GenerativeWorldModel.from_pretrained(wm_path).freeze(),
+                             get_reward("neg_mse"), config.loss, total_steps=6)
+    assert objective.warmup_steps == 3
+
+
 def test_agent_head_options_are_checked() -> None:
     with pytest.raises(ConfigError, match="intention.base=zero"):
         load_config(AgentRunConfig, "nse", ["intention.head=frames",
