@@ -264,8 +264,8 @@ class SFPObjective:
         reward: task reward ``fn(pred [N, T, C, H, W], truth) -> [N]``.
         weights: the loss weights and the planner's warmup.
         total_steps: optimizer steps of the run, which a ``weights.pseudo_warmup_ratio`` is a
-            share of (see :meth:`set_total_steps`); None: the warmup is
-            ``weights.pseudo_warmup`` steps.
+            share of (see :meth:`set_total_steps`; until it is known, a ratio refuses to
+            train); None with no ratio: the warmup is ``weights.pseudo_warmup`` steps.
     """
 
     def __init__(self, planner: Planner, world_model: Any, reward: Reward,
@@ -277,7 +277,9 @@ class SFPObjective:
         self.weights = weights
         self.chunk_frames = int(world_model.config.chunk_frames)
         self.pseudo_target = PSEUDO_TARGETS.get(weights.pseudo_target)
-        self.warmup_steps = weights.pseudo_warmup
+        #: steps before the planner runs (None: a ratio whose run length is not yet known)
+        self.warmup_steps: int | None = (
+            None if weights.pseudo_warmup_ratio else weights.pseudo_warmup)
         if total_steps is not None:
             self.set_total_steps(total_steps)
 
@@ -295,6 +297,13 @@ class SFPObjective:
         ``pseudo_mse``, ``latent_mse``, ``pseudo_kept``, ``reward_pseudo`` or ``reward_gain``
         (None: on)."""
         check_frozen(self.world_model)
+        if self.warmup_steps is None and step is not None:
+            raise ConfigError(
+                f"SFPObjective: loss.pseudo_warmup_ratio={self.weights.pseudo_warmup_ratio} "
+                "is a share of the run's steps, which this objective was not told",
+                fix="pass total_steps= when building it or call set_total_steps(total) first "
+                "(train_agent does)",
+            )
         forecast, intentions = model(context)
         w = self.weights
         with torch.no_grad():
@@ -302,7 +311,7 @@ class SFPObjective:
         anchor_mse = F.mse_loss(forecast, truth)
         loss = w.anchor * anchor_mse
         terms: dict[str, Tensor] = {"anchor_mse": anchor_mse.detach()}
-        if step is None or step >= self.warmup_steps:
+        if step is None or step >= self.warmup_steps:  # type: ignore[operator]
             plan_loss, plan_terms = self._plan_terms(context, forecast, intentions, truth, own)
             loss = loss + plan_loss
             terms.update(plan_terms)
