@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from benchmarks.leaderboard import (
+    RESULTS_DIR,
     TRAINED_RECORD,
     SuiteConfig,
     _finished_training,
@@ -510,3 +511,24 @@ def test_git_state_reads_commit_and_uncommitted_changes(tmp_path: Path) -> None:
     assert _git_state(tmp_path)["git_dirty"] is False
     (tmp_path / "a.py").write_text("x = 2\n")
     assert _git_state(tmp_path) == {"git_commit": state["git_commit"], "git_dirty": True}
+
+
+COMMITTED = sorted(p for p in RESULTS_DIR.glob("*.json")
+                   if "runs" in json.loads(p.read_text()))
+
+
+def test_the_committed_leaderboards_are_found() -> None:
+    assert {"small", "sevir_plain", "sevir_long", "nse_plain", "nse_long"} <= {
+        p.stem for p in COMMITTED}
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.stem)
+def test_a_committed_leaderboard_renders_from_its_json(path: Path) -> None:
+    """Every committed ``benchmarks/results/<suite>.md`` is what today's renderer makes of its
+    JSON, from the stored summary and from one recomputed from the runs, so neither a hand
+    edit nor a renderer change leaves a committed table out of step with its numbers."""
+    results = json.loads(path.read_text())
+    markdown = path.with_suffix(".md").read_text()
+    assert render_markdown(results) == markdown
+    assert render_markdown({**results, "summary": None}) == markdown
+    assert f"Reproduce: `sfp leaderboard --suite {results['suite']}" in markdown
