@@ -175,11 +175,14 @@ class SFPLossConfig:
     ``pseudo_warmup``: optimizer steps at the start of training during which the pseudo-label
     and plan-latent terms are off and the planner does not run (the agent learns from the
     truth alone, as the baseline does), so the planner first searches around a forecast with
-    some structure; 0: from the first step. ``pseudo_warmup_ratio`` says the same as a share
-    of the run's optimizer steps (``train.epochs`` x batches per epoch, capped by
-    ``train.max_steps``), rounded to whole steps by :meth:`warmup_steps`, so one setting
-    travels between budgets and data sizes (0.3: the first 30%; 1: the planner never runs).
-    Set at most one of the two.
+    some structure; 0: from the first step. ``pseudo_warmup_ratio`` is the same as a share of
+    the run's optimizer steps (``train.epochs`` x batches per epoch on each process, capped by
+    ``train.max_steps``), so one setting travels between budgets and data sizes (0.3: the first
+    30%; 1: the planner never runs). The warmup lasts the longer of the two
+    (:meth:`pseudo_warmup_steps`), so either one can lengthen a warmup the other set (an
+    ablation ``loss.pseudo_warmup=1000000`` or ``loss.pseudo_warmup_ratio=1`` switches planning
+    off in any suite). The ratio is resolved from the run's length when training starts:
+    resuming with more ``train.epochs`` moves it, as it stretches the LR schedule.
 
     With ``only_better`` a sample's pseudo-label (and plan-latent) terms count only when its
     pseudo-target's total reward beats the agent's own forecast's (scored the same way, per
@@ -231,13 +234,6 @@ class SFPLossConfig:
                  isinstance(ratio, (int, float)) and not isinstance(ratio, bool)
                  and math.isfinite(ratio) and 0 <= ratio <= 1,
                  ratio, "a share of the run's steps from 0 to 1")
-        if self.pseudo_warmup and ratio:
-            raise ConfigError(
-                f"SFPLossConfig: pseudo_warmup={self.pseudo_warmup} (steps) and "
-                f"pseudo_warmup_ratio={ratio} (a share of the steps) both set the planner's "
-                "warmup",
-                fix="set one of them and leave the other at 0 (e.g. loss.pseudo_warmup=0)",
-            )
         _require("SFPLossConfig", "pseudo_target",
                  isinstance(self.pseudo_target, str) and bool(self.pseudo_target),
                  self.pseudo_target, "a pseudo-target name such as 'future' or 'delta'")
@@ -248,13 +244,11 @@ class SFPLossConfig:
                 + " a positive weight",
             )
 
-    def warmup_steps(self, total_steps: int) -> int:
-        """Optimizer steps of the planner's warmup in a run of ``total_steps`` steps:
-        ``pseudo_warmup``, or ``pseudo_warmup_ratio`` of ``total_steps`` rounded to a whole
-        number of steps (so ratio 1 covers the whole run)."""
-        if self.pseudo_warmup_ratio:
-            return int(round(self.pseudo_warmup_ratio * total_steps))
-        return self.pseudo_warmup
+    def pseudo_warmup_steps(self, total_steps: int) -> int:
+        """Optimizer steps of the planner's warmup in a run of ``total_steps`` steps: the larger
+        of ``pseudo_warmup`` and ``pseudo_warmup_ratio`` x ``total_steps`` (rounded to the
+        nearest whole step, so ratio 1 covers the whole run)."""
+        return max(self.pseudo_warmup, int(round(self.pseudo_warmup_ratio * total_steps)))
 
 
 @dataclass

@@ -31,8 +31,8 @@ sharded by Accelerate).
 Logged per step (TensorBoard ``train/...``): the loss terms, ``reward_pseudo`` (the
 pseudo-target's total reward, the sum of its chunk rewards), ``reward_forecast`` (the agent's
 own forecast scored the same way) and their difference ``reward_gain``; during the planner's
-warmup (``loss.pseudo_warmup`` steps, or ``loss.pseudo_warmup_ratio`` of the run's steps) the
-planner does not run, so ``pseudo_mse``, ``latent_mse``,
+warmup (``loss.pseudo_warmup`` steps or ``loss.pseudo_warmup_ratio`` of the run's steps,
+whichever is longer) the planner does not run, so ``pseudo_mse``, ``latent_mse``,
 ``pseudo_kept``, ``reward_pseudo`` and ``reward_gain`` are not logged (``anchor_mse``, the
 latent and code anchors and ``reward_forecast`` are; epoch means are per term, over the steps
 that logged it). Every
@@ -278,26 +278,27 @@ class SFPObjective:
         self.chunk_frames = int(world_model.config.chunk_frames)
         self.pseudo_target = PSEUDO_TARGETS.get(weights.pseudo_target)
         #: steps before the planner runs (None: a ratio whose run length is not yet known)
-        self.warmup_steps: int | None = (
+        self.pseudo_warmup_steps: int | None = (
             None if weights.pseudo_warmup_ratio else weights.pseudo_warmup)
         if total_steps is not None:
             self.set_total_steps(total_steps)
 
     def set_total_steps(self, total_steps: int) -> None:
         """Resolve the planner's warmup for a run of ``total_steps`` optimizer steps
-        (``weights.warmup_steps``); called by :func:`train_agent` once the Trainer knows it."""
-        self.warmup_steps = self.weights.warmup_steps(total_steps)
+        (``weights.pseudo_warmup_steps``); called by :func:`train_agent` once the Trainer knows
+        it."""
+        self.pseudo_warmup_steps = self.weights.pseudo_warmup_steps(total_steps)
 
     def __call__(self, model: nn.Module, context: Tensor, truth: Tensor,
                  step: int | None = None) -> dict[str, Tensor]:
         """``model(context) -> (forecast, intentions)`` (an :class:`IntentionForecaster`,
         possibly DDP-wrapped); returns ``{"loss": ..., terms and rewards}``. ``step``: the
-        optimizer step about to be taken; below ``warmup_steps`` the pseudo-label and
+        optimizer step about to be taken; below ``pseudo_warmup_steps`` the pseudo-label and
         plan-latent terms are off and the planner does not run, so those steps log no
         ``pseudo_mse``, ``latent_mse``, ``pseudo_kept``, ``reward_pseudo`` or ``reward_gain``
         (None: on)."""
         check_frozen(self.world_model)
-        if self.warmup_steps is None and step is not None:
+        if self.pseudo_warmup_steps is None and step is not None:
             raise ConfigError(
                 f"SFPObjective: loss.pseudo_warmup_ratio={self.weights.pseudo_warmup_ratio} "
                 "is a share of the run's steps, which this objective was not told",
@@ -311,7 +312,7 @@ class SFPObjective:
         anchor_mse = F.mse_loss(forecast, truth)
         loss = w.anchor * anchor_mse
         terms: dict[str, Tensor] = {"anchor_mse": anchor_mse.detach()}
-        if step is None or step >= self.warmup_steps:  # type: ignore[operator]
+        if step is None or step >= self.pseudo_warmup_steps:  # type: ignore[operator]
             plan_loss, plan_terms = self._plan_terms(context, forecast, intentions, truth, own)
             loss = loss + plan_loss
             terms.update(plan_terms)

@@ -494,6 +494,23 @@ def test_ablations_are_checked_before_training() -> None:
     assert config.loss.pseudo_warmup == 1
 
 
+@pytest.mark.parametrize("suite_warmup, ablation", [
+    ("loss.pseudo_warmup_ratio=0.3", "loss.pseudo_warmup=1000000"),
+    ("loss.pseudo_warmup=24", "loss.pseudo_warmup_ratio=1"),
+])
+def test_a_no_planning_ablation_works_with_either_warmup(suite_warmup: str,
+                                                         ablation: str) -> None:
+    """The README's ``no_planning`` ablation switches planning off whichever warmup setting
+    the suite itself uses (the longer warmup wins), while the full agent keeps the suite's."""
+    suite = SuiteConfig(tasks=["nse"], backbones=["resnet"], planners=["beam"],
+                        overrides=[suite_warmup], ablations={"no_planning": [ablation]})
+    check_rows(suite)
+    full = row_config("nse", "resnet", "beam", 0, suite, Path("r"))
+    ablated = row_config("nse", "resnet", "beam", 0, suite, Path("r"), ablation="no_planning")
+    assert full.loss.pseudo_warmup_steps(80) == 24
+    assert ablated.loss.pseudo_warmup_steps(80) >= 80
+
+
 def test_git_state_reads_commit_and_uncommitted_changes(tmp_path: Path) -> None:
     import subprocess
 
