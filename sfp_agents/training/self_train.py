@@ -262,14 +262,12 @@ class SFPObjective:
         planner: searches around the (detached) intentions.
         world_model: the frozen world model (refused otherwise, here and at every call).
         reward: task reward ``fn(pred [N, T, C, H, W], truth) -> [N]``.
-        weights: the loss weights and the planner's warmup.
-        total_steps: optimizer steps of the run, which a ``weights.pseudo_warmup_ratio`` is a
-            share of (see :meth:`set_total_steps`; until it is known, a ratio refuses to
-            train); None with no ratio: the warmup is ``weights.pseudo_warmup`` steps.
+        weights: the loss weights and the planner's warmup (a ``pseudo_warmup_ratio`` needs
+            the run's length, :meth:`set_total_steps`, before the first step).
     """
 
     def __init__(self, planner: Planner, world_model: Any, reward: Reward,
-                 weights: SFPLossConfig, total_steps: int | None = None) -> None:
+                 weights: SFPLossConfig) -> None:
         check_frozen(world_model)
         self.planner = planner
         self.world_model = world_model
@@ -280,8 +278,6 @@ class SFPObjective:
         #: steps before the planner runs (None: a ratio whose run length is not yet known)
         self.pseudo_warmup_steps: int | None = (
             None if weights.pseudo_warmup_ratio else weights.pseudo_warmup)
-        if total_steps is not None:
-            self.set_total_steps(total_steps)
 
     def set_total_steps(self, total_steps: int) -> None:
         """Resolve the planner's warmup for a run of ``total_steps`` optimizer steps
@@ -302,8 +298,7 @@ class SFPObjective:
             raise ConfigError(
                 f"SFPObjective: loss.pseudo_warmup_ratio={self.weights.pseudo_warmup_ratio} "
                 "is a share of the run's steps, which this objective was not told",
-                fix="pass total_steps= when building it or call set_total_steps(total) first "
-                "(train_agent does)",
+                fix="call set_total_steps(total) before the first step (train_agent does)",
             )
         forecast, intentions = model(context)
         w = self.weights

@@ -533,13 +533,14 @@ def test_train_agent_resolves_the_warmup_ratio_from_its_steps(tmp_path: Path,
     assert math.isfinite(second["train/pseudo_mse"]) and "train/reward_gain" in second
     wm = GenerativeWorldModel.from_pretrained(wm_path).freeze()
     parts = (get_planner("beam", beam_width=1, top_k=2), wm, get_reward("neg_mse"), config.loss)
-    assert SFPObjective(*parts, total_steps=6).pseudo_warmup_steps == 3
     untold = SFPObjective(*parts)  # a ratio without the run's length is refused, not ignored
+    assert untold.pseudo_warmup_steps is None
     context, truth = torch.rand(1, 13, 1, SIZE, SIZE), torch.rand(1, 12, 1, SIZE, SIZE)
     model = IntentionForecaster(sfp_policy(wm, agent_head="frames"))
     with pytest.raises(ConfigError, match="set_total_steps"):
         untold(model, context, truth, 0)
     untold.set_total_steps(6)
+    assert untold.pseudo_warmup_steps == 3
     assert "pseudo_mse" not in untold(model, context, truth, 2)
     assert "pseudo_mse" in untold(model, context, truth, 3)
 
