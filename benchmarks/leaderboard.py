@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.stats import METHOD, paired_interval, ratio_interval
 from sfp_agents.training.barrier import wait_for_everyone
 from sfp_env import __version__
 from sfp_env.config import from_dict, load_yaml, parse_overrides, to_dict
@@ -44,7 +45,9 @@ from sfp_env.errors import ConfigError
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SCHEMA_VERSION = 1
+#: 2: paired intervals over seeds (bold = the interval excludes 0), calibrated baselines,
+#: planning's share; results of schema 1 render as they were written (bold = beyond the spread)
+SCHEMA_VERSION = 2
 
 #: the paper's margins per task (relative change of the domain metric averaged over backbones)
 PAPER_TARGETS: dict[str, float] = {"sevir": 0.297, "nse": -0.573}
@@ -71,8 +74,16 @@ class SuiteConfig:
             ``planner.kwargs`` set in ``overrides``/``task_overrides`` are replaced for it).
         ablations: name -> ``key=value`` overrides of an extra +SFP agent per planner, trained
             beside the full one (same seed, baseline and budget) to show where its change comes
-            from, e.g. ``{no_planning: [loss.pseudo_warmup=1000000]}`` (the planner never
-            runs). Reported in their own table; the averages and the target use the full agents.
+            from, e.g. ``{no_planning: [planner.name=none, "planner.kwargs={}"]}`` (the agent
+            never plans). Reported in their own table; the averages and the target use the
+            full agents.
+        control: the ablation that is planning's control (e.g. ``self_decode``: the same
+            agent whose pseudo-label is its own top-1 decode, no search, no truth), so every
+            row reports planning's share = (+SFP - control) / (+SFP - baseline) with its
+            interval; None: no share is reported.
+        calibrations: calibrated baselines fitted to every trained baseline on its training
+            windows and scored beside it (names in
+            ``sfp_agents.policies.calibration.CALIBRATIONS``, e.g. "quantile_mapped").
         references: reference forecasts scored on the same test episodes, untrained (names in
             ``sfp_agents.policies.references.REFERENCE_FORECASTS``, e.g. "persistence").
         panels: write a PNG panel per task (first backbone, first seed).
@@ -89,10 +100,19 @@ class SuiteConfig:
     backbone_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     planner_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     ablations: dict[str, list[str]] = field(default_factory=dict)
+    control: str | None = None
+    calibrations: list[str] = field(default_factory=list)
     references: list[str] = field(default_factory=lambda: ["persistence"])
     panels: bool = True
 
     def __post_init__(self) -> None:
+        if self.control is not None and self.control not in self.ablations:
+            raise ConfigError(
+                f"suite control {self.control!r} is not one of its ablations "
+                f"{sorted(self.ablations)}",
+                fix="name an ablation as the control, e.g. control: self_decode with "
+                "ablations: {self_decode: [planner.name=self_decode, 'planner.kwargs={}']}",
+            )
         for name, overrides in self.ablations.items():
             if not (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_]+", name)):
                 raise ConfigError(
@@ -105,7 +125,7 @@ class SuiteConfig:
                 raise ConfigError(
                     f"suite ablation {name!r} must be a list of key=value overrides, got "
                     f"{overrides!r}",
-                    fix=f"write {name}: [loss.pseudo_warmup=1000000] (a YAML list, even of one)",
+                    fix=f"write {name}: [planner.name=none] (a YAML list, even of one)",
                 )
 
 
@@ -272,11 +292,14 @@ def check_rows(suite: SuiteConfig, data_roots: Mapping[str, str] | None = None) 
     """Build every row's config and the components it names before anything is trained, so a
     bad task, backbone or planner name, or planner arguments a planner does not take, fail in
     seconds rather than after the first trainings (:class:`ConfigError` / ``RegistryError``)."""
+    from sfp_agents.policies.calibration import CALIBRATIONS
     from sfp_agents.policies.references import REFERENCE_FORECASTS
     from sfp_agents.training.self_train import check_components
 
     for name in suite.references:
         REFERENCE_FORECASTS.get(name)  # RegistryError listing the references
+    for name in suite.calibrations:
+        CALIBRATIONS.get(name)  # RegistryError listing the calibrations
     tags = [_run_tag(planner, ablation) for planner, ablation in _agents(suite)]
     if len(set(tags)) < len(tags):
         twice = sorted({t for t in tags if tags.count(t) > 1})
@@ -361,6 +384,34 @@ def _run_one(
     }
 
 
+def _calibrate_one(base: Mapping[str, Any], name: str, suite: SuiteConfig, *,
+                   accelerator: Any) -> dict[str, Any]:
+    """Fit the calibration ``name`` to the baseline run ``base`` (on its training windows) and
+    score the calibrated baseline on the rows' test episodes; a run record of mode ``name``."""
+    from sfp_agents.policies.calibration import calibrate_agent, calibrated_path
+    from sfp_agents.training.evaluate import evaluate_agent
+
+    t0 = time.perf_counter()
+    path = calibrated_path(base["checkpoint"], name)
+    if accelerator.is_main_process:
+        calibrate_agent(base["checkpoint"], name, path)
+    wait_for_everyone(accelerator)
+    fit_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    metrics = evaluate_agent(path, base["task"], split="test", episodes=suite.episodes,
+                             batch_size=suite.eval_batch_size, seed=base["seed"],
+                             accelerator=accelerator)
+    return {
+        **{k: base[k] for k in ("task", "backbone", "seed", "run_dir", "config")},
+        "planner": None, "mode": name, "ablation": None,
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "history": [], "loss_key": None, "loss_first": None, "loss_last": None,
+        "train_wall_s": round(fit_s, 2), "eval_wall_s": round(time.perf_counter() - t1, 2),
+        "reused_training": base["reused_training"],
+        "trained_at_commit": base.get("trained_at_commit"), "checkpoint": str(path),
+    }
+
+
 def _score_reference(task: str, name: str, suite: SuiteConfig, *, accelerator: Any,
                      data_roots: Mapping[str, str]) -> dict[str, Any]:
     """Score the untrained reference forecast ``name`` on the test episodes (and data: the
@@ -407,6 +458,9 @@ def run_suite(
                         accelerator=accelerator, data_roots=data_roots or {}, reuse=resume,
                         ablation=ablation, git_commit=code["git_commit"],
                     ))
+                    if planner is None:  # the baseline: its calibrations follow it
+                        runs += [_calibrate_one(runs[-1], name, suite, accelerator=accelerator)
+                                 for name in suite.calibrations]
     references = [
         _score_reference(task, ref, suite, accelerator=accelerator,
                          data_roots=data_roots or {})
@@ -478,7 +532,8 @@ def summarize(results: Mapping[str, Any]) -> dict[str, Any]:
     +SFP, relative changes, whether the domain-metric difference exceeds the seed spread; per
     task: averages over backbones and the distance to the paper's target."""
     runs = results["runs"]
-    summary: dict[str, Any] = {"rows": [], "tasks": {}, "ablations": []}
+    summary: dict[str, Any] = {"rows": [], "tasks": {}, "ablations": [], "method": METHOD}
+    calibrations = sorted({r["mode"] for r in runs} - {"baseline", "sfp"})
     for task, info in results["tasks"].items():
         dom, mode = info["domain_metric"], info["domain_mode"]
         task_rows = []
@@ -509,6 +564,19 @@ def summarize(results: Mapping[str, Any]) -> dict[str, Any]:
                     len(sfp_runs) > 1 and math.isfinite(diff) and abs(diff) > spread
                 )
                 row["sfp_better"] = bool(diff > 0) if mode == "max" else bool(diff < 0)
+                others = _others(runs, task, backbone, planner)
+                row["calibrated"] = {name: _metric_stats(group, keys)
+                                     for name, group in others.items()
+                                     if name in calibrations}
+                row["paired"] = {name: {k: _paired(sfp_runs, group, k) for k in (dom, "mse")}
+                                 for name, group in others.items()}
+                dom_pair = row["paired"]["baseline"][dom]
+                row["interval_excludes_zero"] = bool(
+                    dom_pair["low"] is not None and (dom_pair["low"] > 0 or dom_pair["high"] < 0))
+                control = results.get("config", {}).get("control")
+                row["planning_share"] = (
+                    _share(sfp_runs, base_runs, others[control], dom)
+                    if control in others else None)
                 task_rows.append(row)
         summary["rows"].extend(task_rows)
         ablation_rows = _ablation_rows(runs, task_rows, dom)
@@ -536,8 +604,98 @@ def summarize(results: Mapping[str, Any]) -> dict[str, Any]:
             "rows": len(task_rows),
             "ablations": {name: _ablation_average(group, dom)
                           for name, group in _by_ablation(ablation_rows).items()},
+            **_paired_average(runs, task_rows, dom, results.get("config", {}).get("control")),
         }
     return summary
+
+
+def _by_seed(runs: Sequence[Mapping[str, Any]], key: str) -> dict[int, float]:
+    return {int(r["seed"]): float(r["metrics"].get(key, float("nan"))) for r in runs}
+
+
+def _others(runs: Sequence[Mapping[str, Any]], task: str, backbone: str,
+            planner: str) -> dict[str, list[Mapping[str, Any]]]:
+    """The models a +SFP row is compared with, by name: "baseline", each calibrated baseline
+    (its mode) and each of the row's ablations."""
+    out: dict[str, list[Mapping[str, Any]]] = {}
+    for r in runs:
+        if r["task"] != task or r["backbone"] != backbone:
+            continue
+        if r["planner"] is None:
+            out.setdefault(r["mode"], []).append(r)
+        elif r["planner"] == planner and r.get("ablation"):
+            out.setdefault(r["ablation"], []).append(r)
+    return dict(sorted(out.items(), key=lambda kv: (kv[0] != "baseline", kv[0])))
+
+
+def _paired(sfp: Sequence[Mapping[str, Any]], other: Sequence[Mapping[str, Any]],
+            key: str) -> dict[str, Any]:
+    """+SFP minus ``other`` on ``key``, paired by seed: the interval of the differences
+    (``mean``, ``low``, ``high``) and of the same relative to ``other``'s mean (``rel_*``)."""
+    a, b = _by_seed(sfp, key), _by_seed(other, key)
+    seeds = sorted(set(a) & set(b))
+    diffs = [a[s] - b[s] for s in seeds]
+    out = {**paired_interval(diffs), "seeds": seeds}
+    scale = abs(_mean_std([b[s] for s in seeds])[0]) if seeds else float("nan")
+    for k in ("mean", "low", "high"):
+        v = out[k]
+        out[f"rel_{k}"] = None if v is None else (
+            v / scale if math.isfinite(scale) and scale > 0 else float("nan"))
+    return out
+
+
+def _share(sfp: Sequence[Mapping[str, Any]], base: Sequence[Mapping[str, Any]],
+           control: Sequence[Mapping[str, Any]], key: str) -> dict[str, Any]:
+    """Planning's share of +SFP's change over the baseline: (+SFP - control) / (+SFP -
+    baseline), paired by seed, with its interval (:func:`ratio_interval`)."""
+    s, b, c = _by_seed(sfp, key), _by_seed(base, key), _by_seed(control, key)
+    seeds = sorted(set(s) & set(b) & set(c))
+    return {**ratio_interval([s[i] - c[i] for i in seeds], [s[i] - b[i] for i in seeds]),
+            "seeds": seeds}
+
+
+def _paired_average(runs: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]],
+                    dom: str, control: str | None) -> dict[str, Any]:
+    """The task's average over backbones, paired by seed: per comparison and metric, the
+    interval of the per-seed mean (over rows) of +SFP's relative difference to it (its mean is
+    the rows' average relative change); planning's share from the same per-seed means, both
+    relative to the baseline. Only seeds that every row has count."""
+    if not rows:
+        return {"paired": {}, "planning_share": None}
+    per_row = [_others(runs, r["task"], r["backbone"], r["planner"]) for r in rows]
+    sfp_rows = [[x for x in runs if x["task"] == r["task"] and x["backbone"] == r["backbone"]
+                 and x["planner"] == r["planner"] and not x.get("ablation")] for r in rows]
+    names = sorted(set.intersection(*(set(o) for o in per_row)),
+                   key=lambda n: (n != "baseline", n))
+
+    def rel(sfp: Sequence[Mapping[str, Any]], other: Sequence[Mapping[str, Any]],
+            scale_of: Sequence[Mapping[str, Any]], key: str) -> dict[int, float]:
+        a, b = _by_seed(sfp, key), _by_seed(other, key)
+        scale = abs(_mean_std(list(_by_seed(scale_of, key).values()))[0])
+        return {i: (a[i] - b[i]) / scale for i in set(a) & set(b) if scale > 0}
+
+    def averaged(per: list[dict[int, float]]) -> tuple[list[int], list[float]]:
+        seeds = sorted(set.intersection(*(set(p) for p in per))) if per else []
+        return seeds, [sum(p[i] for p in per) / len(per) for i in seeds]
+
+    paired: dict[str, Any] = {}
+    for name in names:
+        paired[name] = {}
+        for key in (dom, "mse"):
+            seeds, means = averaged([rel(s, o[name], o[name], key)
+                                     for s, o in zip(sfp_rows, per_row)])
+            paired[name][key] = {**paired_interval(means), "seeds": seeds}
+    share = None
+    if control in names:
+        seeds_x, x = averaged([rel(s, o[control], o["baseline"], dom)
+                               for s, o in zip(sfp_rows, per_row)])
+        seeds_y, y = averaged([rel(s, o["baseline"], o["baseline"], dom)
+                               for s, o in zip(sfp_rows, per_row)])
+        common = sorted(set(seeds_x) & set(seeds_y))
+        x = [v for i, v in zip(seeds_x, x) if i in common]
+        y = [v for i, v in zip(seeds_y, y) if i in common]
+        share = {**ratio_interval(x, y), "seeds": common}
+    return {"paired": paired, "planning_share": share}
 
 
 def _metric_stats(runs: Sequence[Mapping[str, Any]],
@@ -670,11 +828,14 @@ def render_markdown(results: Mapping[str, Any]) -> str:
                           and r["trained_at_commit"] != results.get("git_commit")})
         if earlier:
             lines += [f"The reused trainings ran at commit(s) {', '.join(earlier)}.", ""]
+    paired = results.get("schema_version", 1) >= 2
     lines += [
         "Each row: the same backbone trained as a supervised MSE baseline and with SFP (same seed, "
         "initialization, data, epochs, optimizer), scored on the embedded test split. "
         "mean ± std over seeds; Δ is the relative change of +SFP over the baseline; "
-        "**bold** Δ: the difference exceeds the seed spread (|Δmean| > std_base + std_sfp).",
+        + ("**bold** Δ: the 95% paired t interval of the difference over seeds excludes 0."
+           if paired else
+           "**bold** Δ: the difference exceeds the seed spread (|Δmean| > std_base + std_sfp)."),
         "",
     ]
     for task, info in results["tasks"].items():
@@ -694,7 +855,8 @@ def render_markdown(results: Mapping[str, Any]) -> str:
             single_seed |= not spread
             for c in cols:
                 delta = _pct(row["rel_change"].get(c))
-                if c == dom and row["exceeds_seed_spread"]:
+                if c == dom and row["interval_excludes_zero" if paired
+                                    else "exceeds_seed_spread"]:
                     delta = f"**{delta}**"
                 cells += [_fmt(row["baseline"].get(c), spread=spread),
                           _fmt(row["sfp"].get(c), spread=spread), delta]
@@ -731,6 +893,8 @@ def render_markdown(results: Mapping[str, Any]) -> str:
                 "",
             ]
         lines += _ablation_table(results, summary, task)
+        if paired:
+            lines += _paired_table(summary, task)
         if task == "sevir":
             lines += _per_threshold_table(results, summary, task)
     lines += _training_check_lines(results)
@@ -782,6 +946,85 @@ def _ablation_table(results: Mapping[str, Any], summary: Mapping[str, Any],
                "agent changed it at all).")
         )
     return [*lines, ""]
+
+
+def _interval(stat: Mapping[str, Any] | None, rel: bool = False) -> str:
+    """``+0.025 [+0.010, +0.040]`` (``rel``: in percent), **bold** when the interval excludes
+    0; the mean alone when there is no interval."""
+    if not stat:
+        return "n/a"
+    p = "rel_" if rel and "rel_mean" in stat else ""
+    mean, low, high = stat.get(f"{p}mean"), stat.get(f"{p}low"), stat.get(f"{p}high")
+
+    def num(x: float) -> str:
+        if rel:
+            return _pct(x)
+        return "n/a" if x is None or not math.isfinite(x) else f"{x:+.4f}"
+
+    if mean is None or not math.isfinite(mean):
+        return "n/a"
+    if low is None or high is None:
+        return num(mean)
+    text = f"{num(mean)} [{num(low)}, {num(high)}]"
+    return f"**{text}**" if low > 0 or high < 0 else text
+
+
+def _share_text(share: Mapping[str, Any] | None) -> str:
+    if not share or share.get("estimate") is None or not math.isfinite(share["estimate"]):
+        return "n/a"
+    est = f"{100 * share['estimate']:.0f}%"
+    if not share.get("bounded"):
+        return f"{est} [unbounded]"
+    return f"{est} [{100 * share['low']:.0f}%, {100 * share['high']:.0f}%]"
+
+
+def _paired_table(summary: Mapping[str, Any], task: str) -> list[str]:
+    """Per row: the domain metric of the baseline, each calibrated baseline, each ablation and
+    +SFP, +SFP's paired difference to each with its interval, and planning's share."""
+    rows = [r for r in summary["rows"] if r["task"] == task]
+    if not rows:
+        return []
+    t = summary["tasks"][task]
+    dom = t["domain_metric"]
+    names = list(rows[0]["paired"])
+    lines = [
+        f"Paired comparisons on {dom}: +SFP minus each model of the same seed (same "
+        "initialization and data order); [low, high]: " + summary.get("method", METHOD)
+        + "; **bold**: the interval excludes 0. planning's share: (+SFP - control) / (+SFP - "
+        "baseline), the part of +SFP's change that the control does not make.",
+        "",
+        "| backbone | planner | " + " | ".join(f"{n}" for n in names) + " | +SFP | "
+        + " | ".join(f"+SFP − {n}" for n in names) + " | planning's share |",
+        "|" + "---|" * (3 + 2 * len(names) + 1),
+    ]
+    for r in rows:
+        values = []
+        for n in names:
+            if n == "baseline":
+                stat = r["baseline"].get(dom)
+            elif n in r.get("calibrated", {}):
+                stat = r["calibrated"][n].get(dom)
+            else:
+                stat = next((a["metrics"].get(dom) for a in summary.get("ablations", [])
+                             if a["task"] == task and a["backbone"] == r["backbone"]
+                             and a["planner"] == r["planner"] and a["ablation"] == n), None)
+            values.append(_fmt(stat, spread=False))
+        lines.append("| " + " | ".join(
+            [r["backbone"], r["planner"], *values, _fmt(r["sfp"].get(dom), spread=False),
+             *(_interval(r["paired"][n].get(dom)) for n in names),
+             _share_text(r.get("planning_share"))]) + " |")
+    avg = t.get("paired", {})
+    lines += [
+        "",
+        "Average over backbones (per seed, the mean over rows of +SFP's difference relative to "
+        f"the other model's mean; its interval over seeds): {dom} "
+        + "; ".join(f"vs {n} {_interval(avg[n].get(dom), rel=True)}" for n in avg)
+        + "; MSE " + "; ".join(f"vs {n} {_interval(avg[n].get('mse'), rel=True)}" for n in avg)
+        + (f"; planning's share {_share_text(t.get('planning_share'))}"
+           if t.get("planning_share") else "") + ".",
+        "",
+    ]
+    return lines
 
 
 def _per_threshold_table(results: Mapping[str, Any], summary: Mapping[str, Any],

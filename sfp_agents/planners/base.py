@@ -31,6 +31,7 @@ from sfp_env.errors import ConfigError, ShapeError
 from sfp_env.registry import Registry, check_factory_kwargs
 
 __all__ = [
+    "NO_PLANNER",
     "Plan",
     "Planner",
     "PLANNERS",
@@ -45,6 +46,10 @@ __all__ = [
 ]
 
 RewardFn = Callable[[Tensor, Tensor], Tensor]
+
+#: ``planner.name`` of an SFP agent that never plans: no pseudo-label, no plan-latent term (the
+#: ``no_planning`` ablation); not a registered planner, since nothing is searched
+NO_PLANNER = "none"
 
 
 @dataclass
@@ -143,6 +148,10 @@ class Planner(ABC):
 
     #: registry name, set by subclasses (used in messages and stats)
     name: str = "planner"
+    #: whether the returned future depends on the truth (a search scored against it). A
+    #: pseudo-label from a planner that does not read it (``self_decode``) is never gated by
+    #: ``loss.only_better``, which compares rewards against the truth.
+    uses_truth: bool = True
 
     def candidates_per_step(self) -> int | None:
         """How many candidates each beam/path expands into per step (``None``: no limit)."""
@@ -266,6 +275,13 @@ def register_planner(
 
 def get_planner(name: str, **kwargs: Any) -> Planner:
     """Build the planner registered as ``name`` with ``kwargs`` (bad kwargs -> ConfigError)."""
+    if name == NO_PLANNER:
+        raise ConfigError(
+            f"planner {NO_PLANNER!r} means that an SFP agent never plans, so there is no "
+            "planner to build",
+            fix=f"build a registered planner ({', '.join(sorted(PLANNERS))}), or handle "
+            f"planner.name={NO_PLANNER} before calling get_planner",
+        )
     factory = PLANNERS.get(name)
     check_factory_kwargs("planner", name, factory, kwargs, section="planner.kwargs")
     planner = factory(**kwargs)

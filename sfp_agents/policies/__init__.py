@@ -6,12 +6,14 @@ backbone ("simvp", "convlstm", "fno", "resnet"); ``register_backbone(name, facto
 ``INTENTION_BASES``, ``register_intention_base`` adds yours); :class:`FrameAgentPolicy` the SFP
 agent with a frame head (intentions = the world model's latents of its own frame forecast);
 :class:`SupervisedForecaster` the MSE baseline (its frame base from ``FRAME_BASES``,
-``register_frame_base``).
+``register_frame_base``). :mod:`~sfp_agents.policies.calibration` post-processes a trained
+baseline (``CALIBRATIONS``: "quantile_mapped").
 """
 
 from __future__ import annotations
 
 from sfp_agents.policies.backbones import BACKBONES, build_backbone, register_backbone
+from sfp_agents.policies.calibration import CALIBRATIONS, register_calibration
 from sfp_agents.policies.forecaster import (
     FRAME_BASES,
     INTENTION_BASES,
@@ -23,6 +25,8 @@ from sfp_agents.policies.forecaster import (
 )
 
 __all__ = [
+    "CALIBRATIONS",
+    "register_calibration",
     "BACKBONES",
     "build_backbone",
     "register_backbone",

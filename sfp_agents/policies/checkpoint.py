@@ -56,6 +56,7 @@ __all__ = [
     "AGENT_HEADS",
     "HEAD_STARTS",
     "register_agent_head",
+    "build_baseline",
     "policy_arch",
     "build_policy",
     "world_model_fingerprint",
@@ -171,7 +172,7 @@ def _latent_head(backbone: nn.Module, arch: Mapping[str, Any], world_model: Any)
 
 
 def _frame_head(backbone: nn.Module, arch: Mapping[str, Any], world_model: Any) -> nn.Module:
-    return FrameAgentPolicy(_build_baseline(backbone, arch, None), world_model,
+    return FrameAgentPolicy(build_baseline(backbone, arch, None), world_model,
                             steps=_steps(arch))
 
 
@@ -190,7 +191,9 @@ def _build_sfp(backbone: nn.Module, arch: Mapping[str, Any], world_model: Any) -
     return AGENT_HEADS.get(str(arch["agent_head"])).build(backbone, arch, world_model)
 
 
-def _build_baseline(backbone: nn.Module, arch: Mapping[str, Any], world_model: Any) -> nn.Module:
+def build_baseline(backbone: nn.Module, arch: Mapping[str, Any], world_model: Any) -> nn.Module:
+    """The supervised baseline's :class:`SupervisedForecaster` on ``backbone`` (no world
+    model)."""
     return SupervisedForecaster(
         backbone,
         out_frames=int(arch["out_frames"]),
@@ -203,7 +206,7 @@ def _build_baseline(backbone: nn.Module, arch: Mapping[str, Any], world_model: A
 
 
 register_policy_kind("sfp", PolicyKind(_build_sfp, needs_world_model=True))
-register_policy_kind("baseline", PolicyKind(_build_baseline, needs_world_model=False))
+register_policy_kind("baseline", PolicyKind(build_baseline, needs_world_model=False))
 
 
 def policy_arch(

@@ -17,7 +17,9 @@ H, W])``:
        + loss.code_anchor * CE(codebook logits of the intentions, the truth chunks' codes)
 
    (with ``loss.only_better``, the pseudo-label and plan-latent terms of a sample count only
-   when its plan scores better than its forecast).
+   when its plan scores better than its forecast; not for a planner that never reads the
+   truth, such as the ``self_decode`` control). ``planner.name: none``: the agent never plans
+   and these two terms are off.
 
 The agent is a latent head whose forecast is the world model's decode (``intention.head:
 latent``) or the baseline's frame forecaster whose intentions are the world model's latents of
@@ -65,7 +67,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
 from sfp_agents.agent_config import AGENT_MODES, RESUMABLE_KEYS, AgentRunConfig, SFPLossConfig
-from sfp_agents.planners import Planner, get_planner
+from sfp_agents.planners import NO_PLANNER, Planner, get_planner
 from sfp_agents.planners.base import Plan, check_frozen
 from sfp_agents.planners.sampling import rollout
 from sfp_agents.policies.backbones import check_backbone_kwargs
@@ -103,6 +105,7 @@ __all__ = [
     "ModeSetup",
     "TRAINING_MODES",
     "chunk_rewards",
+    "build_planner",
     "check_components",
     "train_agent",
     "configure",
@@ -259,14 +262,15 @@ class SFPObjective:
     """The self-training loss of one round (see the module docstring).
 
     Args:
-        planner: searches around the (detached) intentions.
+        planner: searches around the (detached) intentions; None: the agent never plans (no
+            pseudo-label or plan-latent term, ``planner.name: none``).
         world_model: the frozen world model (refused otherwise, here and at every call).
         reward: task reward ``fn(pred [N, T, C, H, W], truth) -> [N]``.
         weights: the loss weights and the planner's warmup (a ``pseudo_warmup_ratio`` needs
             the run's length, :meth:`set_total_steps`, before the first step).
     """
 
-    def __init__(self, planner: Planner, world_model: Any, reward: Reward,
+    def __init__(self, planner: Planner | None, world_model: Any, reward: Reward,
                  weights: SFPLossConfig) -> None:
         check_frozen(world_model)
         self.planner = planner
@@ -307,7 +311,8 @@ class SFPObjective:
         anchor_mse = F.mse_loss(forecast, truth)
         loss = w.anchor * anchor_mse
         terms: dict[str, Tensor] = {"anchor_mse": anchor_mse.detach()}
-        if step is None or step >= self.pseudo_warmup_steps:  # type: ignore[operator]
+        plans = self.planner is not None
+        if plans and (step is None or step >= self.pseudo_warmup_steps):  # type: ignore[operator]
             plan_loss, plan_terms = self._plan_terms(context, forecast, intentions, truth, own)
             loss = loss + plan_loss
             terms.update(plan_terms)
@@ -335,6 +340,7 @@ class SFPObjective:
         """Plan around the detached intentions; the weighted pseudo-label and plan-latent loss,
         and what to log about it. ``own [B]``: the forecast's total reward."""
         w = self.weights
+        assert self.planner is not None
         plan = self.planner.plan(context, intentions.detach(), self.world_model, self.reward,
                                  truth)
         with torch.no_grad():
@@ -342,8 +348,10 @@ class SFPObjective:
                 context, forecast.detach(), intentions.detach(), plan, truth,
                 self.world_model, self.reward, self.chunk_frames))
             pseudo = pseudo.detach()
-            # [B]: 1 where the sample's pseudo-label counts
-            keep = (pseudo_reward > own).to(forecast.dtype) if w.only_better else None
+            # [B]: 1 where the sample's pseudo-label counts (a planner that never reads the
+            # truth, e.g. self_decode, is not gated by it)
+            gated = w.only_better and getattr(self.planner, "uses_truth", True)
+            keep = (pseudo_reward > own).to(forecast.dtype) if gated else None
         pseudo_mse = _sample_mse(forecast, pseudo, keep)
         latent_mse = _sample_mse(intentions, plan.latents.detach(), keep)
         loss = w.pseudo_label * pseudo_mse + w.latent * latent_mse
@@ -371,9 +379,23 @@ class ModeSetup:
     set_total_steps: Callable[[int], None] | None = None
 
 
+def build_planner(config: AgentRunConfig) -> Planner | None:
+    """The run's planner, or None for ``planner.name: none`` (an SFP agent that never plans,
+    which takes no ``planner.kwargs``)."""
+    if config.planner.name == NO_PLANNER:
+        if config.planner.kwargs:
+            raise ConfigError(
+                f"planner.name={NO_PLANNER} (never plan) takes no planner.kwargs, got "
+                f"{dict(config.planner.kwargs)}",
+                fix=f'pass "planner.kwargs={{}}" with planner.name={NO_PLANNER}',
+            )
+        return None
+    return get_planner(config.planner.name, **dict(config.planner.kwargs))
+
+
 def _sfp_mode(config: AgentRunConfig, policy: nn.Module, world_model: Any,
               reward: Reward) -> ModeSetup:
-    planner = get_planner(config.planner.name, **dict(config.planner.kwargs))
+    planner = build_planner(config)
     objective = SFPObjective(planner, world_model, reward, config.loss)
     return ModeSetup(IntentionForecaster(policy), objective, objective.set_total_steps)
 
@@ -427,7 +449,7 @@ def check_components(config: AgentRunConfig) -> None:
     check_backbone_kwargs(config.backbone.name, dict(config.backbone.kwargs))
     TRAINING_MODES.get(config.mode)
     if config.reads("planner"):
-        get_planner(config.planner.name, **dict(config.planner.kwargs))
+        build_planner(config)
     if config.reads("loss"):
         PSEUDO_TARGETS.get(config.loss.pseudo_target)
     if config.reads("intention"):
