@@ -9,13 +9,14 @@ import pytest
 import torch
 from agent_fixtures import SIZE, agent_world_model
 
-from sfp_agents.agent_config import AgentRunConfig
+from sfp_agents.agent_config import AGENT_MODES, AgentRunConfig
 from sfp_agents.policies import (
     ForecasterPolicy,
     FrameAgentPolicy,
     SupervisedForecaster,
     build_backbone,
 )
+from sfp_agents.policies.calibration import QuantileMap
 from sfp_agents.policies.checkpoint import (
     AGENT_HEADS,
     POLICY_KINDS,
@@ -100,7 +101,12 @@ def test_save_load_round_trip(tmp_path: Path, wm_path: Path, mode: str, head: st
     with torch.no_grad():  # make the weights differ from a fresh build
         for p in policy.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    config = AgentRunConfig(task="sevir", mode=mode, world_model=str(wm_path))
+    for module in policy.modules():  # a calibrated baseline's map, fitted to some values
+        if isinstance(module, QuantileMap):
+            module.fit(torch.rand(12, 1, 500) ** 2, torch.rand(12, 1, 500))
+    # a calibration (a policy kind that is no training mode) keeps its baseline's run config
+    config = AgentRunConfig(task="sevir", mode=mode if mode in AGENT_MODES else "baseline",
+                            world_model=str(wm_path))
     path = save_agent(tmp_path / "agent.pt", policy, config, {"val/csi_m": 0.25})
     loaded, meta = load_agent(path)  # the world model is found through the recorded source
     assert type(loaded) is type(policy) and not loaded.training

@@ -600,3 +600,50 @@ def test_a_bad_reward_is_refused_before_the_run_dir_is_written(
     with pytest.raises((ConfigError, RegistryError), match=match):
         train_agent(config, cpu=True, tensorboard=False, progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_self_decode_pseudo_labels_are_never_gated_and_ignore_the_truth(wm_path: Path) -> None:
+    """With ``planner.name: self_decode`` the pseudo-label is the decode of the agent's own
+    top-1 codes for any truth, and ``loss.only_better`` does not gate it (it never reads the
+    truth)."""
+    wm = GenerativeWorldModel.from_pretrained(wm_path).freeze()
+    policy = sfp_policy(wm, agent_head="frames", frame_base="persistence")
+    model = IntentionForecaster(policy)
+    gen = torch.Generator().manual_seed(8)
+    context = torch.rand(3, 13, 1, SIZE, SIZE, generator=gen)
+    truths = [torch.rand(3, 12, 1, SIZE, SIZE, generator=gen) for _ in range(2)]
+    weights = SFPLossConfig(pseudo_label=1.0, anchor=0.0, latent=0.0, only_better=True)
+    objective = SFPObjective(get_planner("self_decode"), wm, get_reward("neg_mse"), weights)
+    with torch.no_grad():
+        forecast, intentions = model(context)
+        top1 = policy.decode(context, intentions)
+    expected = float(F.mse_loss(forecast, top1))
+    for truth in truths:
+        logs = objective(model, context, truth)
+        assert "pseudo_kept" not in logs  # no gating
+        assert float(logs["pseudo_mse"]) == pytest.approx(expected, rel=1e-5)
+        assert float(logs["loss"].detach()) == pytest.approx(expected, rel=1e-5)
+
+
+def test_planner_none_trains_without_planning(tmp_path: Path, wm_path: Path) -> None:
+    """``planner.name: none``: the loss has no pseudo-label or plan-latent term at any step,
+    no planner is built, and planner.kwargs are refused with it."""
+    wm = GenerativeWorldModel.from_pretrained(wm_path).freeze()
+    model = IntentionForecaster(sfp_policy(wm))
+    gen = torch.Generator().manual_seed(9)
+    context = torch.rand(2, 13, 1, SIZE, SIZE, generator=gen)
+    truth = torch.rand(2, 12, 1, SIZE, SIZE, generator=gen)
+    weights = SFPLossConfig(pseudo_label=3.0, anchor=0.5, latent=0.2)
+    objective = SFPObjective(None, wm, get_reward("neg_mse"), weights)
+    for step in (0, 100, None):
+        logs = objective(model, context, truth, step)
+        assert not {"pseudo_mse", "latent_mse", "reward_pseudo"} & set(logs)
+        assert float(logs["loss"].detach()) == pytest.approx(0.5 * float(logs["anchor_mse"]))
+    config = make_config(tmp_path / "none", wm_path, **{
+        "planner.name": "none", "planner.kwargs": {}, "train.epochs": 1,
+        "train.limit_train_samples": 2})
+    check_components(config)
+    result = train_agent(config, tensorboard=False, progress=False)
+    assert result.steps == 1 and "train/pseudo_mse" not in result.history[0]
+    with pytest.raises(ConfigError, match="takes no planner.kwargs"):
+        check_components(make_config(tmp_path / "x", wm_path, **{"planner.name": "none"}))
