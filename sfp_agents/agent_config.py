@@ -82,7 +82,9 @@ class BackboneConfig:
 
 @dataclass
 class PlannerConfig:
-    """The planner: a name in ``sfp_agents.planners.PLANNERS`` and its keyword arguments."""
+    """The planner: a name in ``sfp_agents.planners.PLANNERS`` (e.g. "beam", or the control
+    "self_decode") and its keyword arguments; "none": the SFP agent never plans (no
+    pseudo-label, no kwargs)."""
 
     name: str = "beam"
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -178,17 +180,16 @@ class SFPLossConfig:
     some structure; 0: from the first step. ``pseudo_warmup_ratio`` is the same as a share of
     the run's optimizer steps (``train.epochs`` x batches per epoch on each process, capped by
     ``train.max_steps``), so one setting travels between budgets and data sizes (0.3: the first
-    30%; 1: the planner never runs). The warmup lasts the longer of the two
-    (:meth:`pseudo_warmup_steps`), so either one can lengthen a warmup the other set (an
-    ablation ``loss.pseudo_warmup=1000000`` or ``loss.pseudo_warmup_ratio=1`` switches planning
-    off in any suite). The ratio is resolved from the run's length when training starts:
+    30%). The warmup lasts the longer of the two (:meth:`pseudo_warmup_steps`). An agent that
+    never plans is ``planner.name: none``, not an endless warmup. The ratio is resolved from
+    the run's length when training starts:
     resuming with more ``train.epochs`` moves it, as it stretches the LR schedule.
 
     With ``only_better`` a sample's pseudo-label (and plan-latent) terms count only when its
     pseudo-target's total reward beats the agent's own forecast's (scored the same way, per
     chunk); the others contribute 0 to the batch mean. Needed by frame-head agents, whose own
     forecast is not among the planner's candidates and can score better than every imagined
-    future.
+    future. A planner that never reads the truth (``self_decode``) is not gated.
 
     Latents are in the world model's latent units. ``latent_anchor`` is the supervised anchor
     in latent space: it pulls the intention towards the frozen encoder's latent of the true
