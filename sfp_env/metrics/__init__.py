@@ -7,6 +7,8 @@
   power spectra of any field, spectral errors.
 - :mod:`~sfp_env.metrics.heatwave`: marine-heatwave cell scores with a land mask.
 - :mod:`~sfp_env.metrics.streaming`: mergeable accumulators and the ``METRIC_SUITES`` registry.
+- :mod:`~sfp_env.metrics.ensemble`: ensemble verification (CRPS, spread-skill, rank histogram,
+  Brier scores) and its mergeable ``EnsembleAccumulator``.
 - :mod:`~sfp_env.metrics.rewards`: ``REWARDS``, ``get_reward`` (``[N, T, C, H, W]`` -> ``[N]``).
 """
 
@@ -24,6 +26,12 @@ from sfp_env.metrics.categorical import (
     hss,
     pod,
     pooled_csi,
+)
+from sfp_env.metrics.ensemble import (
+    EnsembleAccumulator,
+    brier_scores,
+    crps_ensemble,
+    rank_counts,
 )
 from sfp_env.metrics.heatwave import (
     heatwave_contingency,
@@ -58,6 +66,10 @@ from sfp_env.metrics.streaming import (
 )
 
 __all__ = [
+    "EnsembleAccumulator",
+    "brier_scores",
+    "crps_ensemble",
+    "rank_counts",
     "SEVIR_THRESHOLDS",
     "ContingencyTable",
     "contingency",
