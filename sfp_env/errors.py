@@ -19,6 +19,7 @@ __all__ = [
     "ConfigError",
     "CheckpointError",
     "ActionError",
+    "RewardError",
     "ShapeError",
     "EnvStateError",
     "RegistryError",
@@ -61,6 +62,10 @@ class ShapeError(SFPError, ValueError):
 
 class ActionError(ShapeError):
     """An environment action is malformed (shape, dtype, NaN/inf)."""
+
+
+class RewardError(ShapeError):
+    """A reward returned scores an agent cannot use (NaN or inf)."""
 
 
 class EnvStateError(SFPError, RuntimeError):

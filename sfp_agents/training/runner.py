@@ -8,13 +8,14 @@ Run directory layout::
 
     run_dir/
       config.yaml             the run's config; reusing the folder for another config is an error
-      state/step_<n>/         accelerator.save_state(...) + trainer_state.json, one per save
+      state/step_<n>/         accelerator.save_state(...) + lr_scheduler.json +
+                              trainer_state.json, one per save
       state/latest            name of the newest complete state folder, written last (atomic)
       best/                   the stage's best checkpoint files + metrics.json
       logs/<project>/         TensorBoard event files
 
-Exact resumption. A state folder holds the model, optimizer, LR scheduler (registered for
-checkpointing), every process's RNG states (Accelerate) and :class:`TrainState`: global step,
+Exact resumption. A state folder holds the model, optimizer, every process's RNG states
+(Accelerate), the LR scheduler (``lr_scheduler.json``) and :class:`TrainState`: global step,
 epoch, how many batches of that epoch are done, the best metric and the per-epoch history. The
 training order comes from :class:`EpochSeededSampler` (a permutation seeded by ``(seed,
 epoch)``), so on ``resume`` the interrupted epoch is replayed with
@@ -22,6 +23,17 @@ epoch)``), so on ``resume`` the interrupted epoch is replayed with
 have seen. Validation runs inside a forked RNG (torch, numpy, python), so it never changes the
 random stream training sees; a resumed run therefore reaches bit-identical weights and optimizer
 moments (tested in ``tests/sfp_agents/training/test_runner.py``).
+
+Loading runs no code from the folder. Accelerate loads objects registered with
+``register_for_checkpointing`` with ``torch.load(weights_only=False)``, i.e. a full unpickle: a
+replaced ``custom_checkpoint_0.pkl`` would run code on ``--resume``. So nothing is registered: the
+scheduler's ``state_dict`` is written as plain JSON (exact: floats round-trip through ``repr``),
+and :meth:`Trainer.load` first checks every file it will read: a ``custom_checkpoint_*.pkl`` is
+refused, the model, optimizer and RNG files must load with ``torch.load(weights_only=True)`` (as
+Accelerate then loads them), so a bad file raises :class:`CheckpointError` naming it before the
+model, optimizer or RNG streams change. (Accelerate skips an unreadable RNG file silently, which
+would break bit-identical resumption; the check makes it an error.) States written by an older
+sfp that pickled the scheduler are converted by :func:`convert_pickled_scheduler_state`.
 
 NaN guard. Every step gathers the values returned by ``train_step`` from all processes before
 ``backward``; a non-finite value (or a non-finite gradient norm after ``backward``) raises
@@ -37,7 +49,9 @@ import copy
 import json
 import math
 import os
+import pickle
 import random
+import re
 import shutil
 import sys
 import time
@@ -51,6 +65,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from accelerate.utils import load as accelerate_load
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 from tqdm.auto import tqdm
@@ -66,6 +81,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TRAINER_STATE_FILE",
+    "LR_SCHEDULER_FILE",
+    "convert_pickled_scheduler_state",
     "RunDirectory",
     "EpochSeededSampler",
     "TrainState",
@@ -89,7 +106,15 @@ __all__ = [
 ]
 
 TRAINER_STATE_FILE = "trainer_state.json"
+#: the LR scheduler's state_dict as JSON (see the module docstring, "Loading runs no code")
+LR_SCHEDULER_FILE = "lr_scheduler.json"
+_SCHEDULER_FORMAT = "sfp-lr-scheduler/1"
 _STEP_PREFIX = "step_"
+#: files Accelerate writes for registered objects and loads with weights_only=False
+_PICKLED_CUSTOM = re.compile(r"^custom_checkpoint_\d+\.pkl$")
+#: what a failed load of a state file raises (torch, pickle, zipfile, OS)
+_LOAD_ERRORS = (RuntimeError, ValueError, KeyError, OSError, EOFError, pickle.UnpicklingError,
+                AttributeError, TypeError)
 
 #: config keys that may change when a run is resumed (training length, logging cadence).
 DEFAULT_RESUMABLE: tuple[str, ...] = (
@@ -632,6 +657,166 @@ def gather_batches(
 
 
 # --------------------------------------------------------------------------------------------
+# state files that load without running code
+# --------------------------------------------------------------------------------------------
+_TENSOR_DTYPES = {
+    str(d).removeprefix("torch."): d
+    for d in (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64,
+              torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool)
+}
+
+
+def _to_json(value: Any, where: str) -> Any:
+    """``value`` (a scheduler's state_dict) as JSON data; tuples and tensors are tagged so they
+    come back as they were. Anything else raises :class:`TrainingError` naming ``where``."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (np.bool_, np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, list):
+        return [_to_json(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, tuple):
+        return {"__tuple__": [_to_json(v, f"{where}[{i}]") for i, v in enumerate(value)]}
+    if torch.is_tensor(value) and str(value.dtype).removeprefix("torch.") in _TENSOR_DTYPES:
+        t = value.detach().cpu()
+        return {"__tensor__": {"dtype": str(t.dtype).removeprefix("torch."),
+                               "shape": list(t.shape), "values": t.reshape(-1).tolist()}}
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _to_json(v, f"{where}[{k!r}]") for k, v in value.items()}
+    raise TrainingError(
+        f"cannot save the LR scheduler state: {where} is a {type(value).__name__}, which has no "
+        "plain-data form (sfp saves the scheduler as JSON, never as a pickle)",
+        fix="use a scheduler whose state_dict holds numbers, strings, lists, str-keyed dicts and "
+        "tensors only (e.g. LambdaLR with a plain function, as build_scheduler makes)",
+    )
+
+
+def _from_json(value: Any, where: str, source: str) -> Any:
+    """Inverse of :func:`_to_json`; a malformed tag raises :class:`CheckpointError`."""
+    if isinstance(value, list):
+        return [_from_json(v, f"{where}[{i}]", source) for i, v in enumerate(value)]
+    if not isinstance(value, dict):
+        return value
+    if set(value) == {"__tuple__"} and isinstance(value["__tuple__"], list):
+        return tuple(_from_json(value["__tuple__"], where, source))
+    if set(value) == {"__tensor__"}:
+        spec = value["__tensor__"]
+        try:
+            dtype = _TENSOR_DTYPES[spec["dtype"]]
+            shape = [int(n) for n in spec["shape"]]
+            return torch.tensor(spec["values"], dtype=dtype).reshape(shape)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(
+                f"{source}: {where} is not a valid tensor record ({e})",
+                fix="delete that state folder (the previous one is used) or start a new run_dir",
+            ) from e
+    return {k: _from_json(v, f"{where}[{k!r}]", source) for k, v in value.items()}
+
+
+def _scheduler_record(scheduler: LRScheduler) -> str:
+    """The JSON text of ``lr_scheduler.json``."""
+    record = {
+        "format": _SCHEDULER_FORMAT,
+        "class": type(scheduler).__name__,
+        "state": _to_json(scheduler.state_dict(), "state_dict()"),
+    }
+    return json.dumps(record, indent=1)
+
+
+def _read_scheduler_record(path: Path) -> tuple[str, dict[str, Any]]:
+    """(class name, state_dict) from ``lr_scheduler.json``; anything but that JSON layout (a
+    pickle, other JSON) raises :class:`CheckpointError`. Never unpickles."""
+    fix = "delete that state folder (the previous one is used) or start a new run_dir"
+    try:
+        record = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise CheckpointError(f"cannot read the LR scheduler state {str(path)!r}: {e}",
+                              fix=fix) from e
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(
+            f"the LR scheduler state {str(path)!r} is not JSON (sfp writes it as JSON and never "
+            f"loads a pickled scheduler, which could run code): {type(e).__name__}",
+            fix=fix,
+        ) from e
+    if (
+        not isinstance(record, dict)
+        or record.get("format") != _SCHEDULER_FORMAT
+        or not isinstance(record.get("class"), str)
+        or not isinstance(record.get("state"), dict)
+    ):
+        raise CheckpointError(
+            f"{str(path)!r} is not an sfp LR scheduler state (expected JSON with format "
+            f"{_SCHEDULER_FORMAT!r}, 'class' and 'state')",
+            fix=fix,
+        )
+    return record["class"], _from_json(record["state"], "state", str(path))
+
+
+def _check_weights_file(path: Path, accelerate_globals: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` (what Accelerate then does) with sfp errors: a file
+    that needs arbitrary unpickling (code) or is damaged raises :class:`CheckpointError`."""
+    try:
+        if accelerate_globals:  # the RNG file holds numpy states: Accelerate's allow-list
+            return accelerate_load(path, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise CheckpointError(
+            f"the training state is incomplete: {str(path)!r} is missing",
+            fix="delete that state folder (the previous one is used) or start a new run_dir",
+        ) from e
+    except _LOAD_ERRORS as e:
+        detail = str(e).split("\n", 1)[0][:200]
+        raise CheckpointError(
+            f"{str(path)!r} does not load as plain tensors (torch.load with weights_only=True: "
+            f"{type(e).__name__}: {detail}); sfp never loads it with weights_only=False, which "
+            "could run code from the file",
+            fix="delete that state folder (the previous one is used) or start a new run_dir; "
+            "only resume from folders you trust",
+        ) from e
+
+
+def convert_pickled_scheduler_state(
+    directory: str | Path, scheduler_class: str = "LambdaLR"
+) -> Path:
+    """Convert a state folder written by an older sfp (LR scheduler pickled by Accelerate as
+    ``custom_checkpoint_0.pkl``) to ``lr_scheduler.json``, so it resumes.
+
+    The pickle is read with ``torch.load(weights_only=True)``, which refuses anything but plain
+    data (so a file that would run code raises :class:`CheckpointError` and runs nothing). The
+    JSON file is written, then the pickle removed. ``scheduler_class``: the class name of the
+    run's scheduler (``build_scheduler`` makes a LambdaLR). Returns the JSON file's path.
+    """
+    directory = Path(directory)
+    found = sorted(p for p in directory.iterdir() if _PICKLED_CUSTOM.match(p.name))
+    if [p.name for p in found] != ["custom_checkpoint_0.pkl"]:
+        raise CheckpointError(
+            f"{str(directory)!r} holds {[p.name for p in found]} pickled custom states; "
+            "expected exactly custom_checkpoint_0.pkl (the LR scheduler of an older sfp)",
+            fix="this folder was not written by sfp's Trainer; start a new run_dir",
+        )
+    state = _check_weights_file(found[0])
+    keys = {"base_lrs", "last_epoch", "_step_count", "lr_lambdas"}
+    if not isinstance(state, dict) or not keys <= set(state):
+        got = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(
+            f"{str(found[0])!r} is not an LR scheduler state (got {got}; expected keys "
+            f"{sorted(keys)})",
+            fix="start a new run_dir",
+        )
+    record = {"format": _SCHEDULER_FORMAT, "class": scheduler_class,
+              "state": _to_json(state, "state_dict()")}
+    target = directory / LR_SCHEDULER_FILE
+    _write_text_atomic(target, json.dumps(record, indent=1))
+    found[0].unlink()
+    return target
+
+
+# --------------------------------------------------------------------------------------------
 # trainer
 # --------------------------------------------------------------------------------------------
 @dataclass
@@ -775,9 +960,8 @@ class Trainer:
         self.progress = progress
         if scheduler is not None and not isinstance(scheduler, LRScheduler):
             scheduler = scheduler(optimizer, self.total_steps)
+        # saved as JSON by save(), not registered with Accelerate (which would pickle it)
         self.scheduler = scheduler
-        if scheduler is not None:
-            accelerator.register_for_checkpointing(scheduler)
         self.state = TrainState()
         self._saved_step: int | None = None
         self._dirty = False
@@ -799,6 +983,8 @@ class Trainer:
         """Save the full state to ``state/step_<n>`` (write to a hidden folder, rename, then
         update the ``latest`` marker; prune to ``keep_last``). Call on every process."""
         acc = self.accelerator
+        self._refuse_pickled_objects("save")
+        scheduler_text = None if self.scheduler is None else _scheduler_record(self.scheduler)
         name = f"{_STEP_PREFIX}{self.state.step}"
         final = self.run.state_dir / name
         tmp = self.run.state_dir / f".tmp_{name}"
@@ -809,6 +995,8 @@ class Trainer:
         acc.save_state(str(tmp), safe_serialization=False)
         wait_for_everyone(acc)
         if acc.is_main_process:
+            if scheduler_text is not None:
+                (tmp / LR_SCHEDULER_FILE).write_text(scheduler_text)
             (tmp / TRAINER_STATE_FILE).write_text(json.dumps(asdict(self.state), indent=1))
             if on_save is not None:
                 on_save(tmp, self.state)
@@ -830,8 +1018,81 @@ class Trainer:
             if path != keep:
                 shutil.rmtree(path, ignore_errors=True)
 
+    def _refuse_pickled_objects(self, action: str) -> None:
+        """Objects registered with ``accelerator.register_for_checkpointing`` are saved as
+        pickles that Accelerate loads with ``weights_only=False``: refuse them."""
+        registered = list(getattr(self.accelerator, "_custom_objects", []))
+        if registered:
+            names = ", ".join(type(o).__name__ for o in registered)
+            raise CheckpointError(
+                f"cannot {action} the training state: objects are registered with "
+                f"accelerator.register_for_checkpointing ({names}); Accelerate pickles them and "
+                "loads them with weights_only=False, which runs code from the state folder",
+                fix="do not register objects for checkpointing; pass the LR scheduler to the "
+                "Trainer (saved as JSON) and keep other state in trainer_state.json",
+            )
+
+    def _check_state_files(self, directory: Path) -> dict[str, Any] | None:
+        """Check every file :meth:`load` reads, before anything changes: no pickled custom
+        state, model/optimizer/RNG files that load with ``weights_only=True``, and the LR
+        scheduler's JSON matching this run's scheduler. Returns that scheduler state."""
+        self._refuse_pickled_objects("load")
+        pickled = sorted(p.name for p in directory.iterdir() if _PICKLED_CUSTOM.match(p.name))
+        if pickled:
+            raise CheckpointError(
+                f"{str(directory)!r} holds pickled custom state {pickled}, which Accelerate would "
+                "load with weights_only=False (running any code in it); sfp saves the LR "
+                f"scheduler as {LR_SCHEDULER_FILE} and does not load such files",
+                fix="if an older sfp wrote this folder and you trust it, run "
+                "sfp_agents.training.runner.convert_pickled_scheduler_state(folder) (it reads "
+                "the file with weights_only=True) and resume again; otherwise delete that "
+                "state folder or start a new run_dir",
+            )
+        model_file = directory / "model.safetensors"
+        if not model_file.is_file():  # safetensors hold no code; the .bin is a pickle
+            _check_weights_file(directory / "pytorch_model.bin")
+        _check_weights_file(directory / "optimizer.bin")
+        rng_file = directory / f"random_states_{self.accelerator.process_index}.pkl"
+        rng = _check_weights_file(rng_file, accelerate_globals=True)
+        need = {"random_state", "numpy_random_seed", "torch_manual_seed"}
+        if not isinstance(rng, dict) or not need <= set(rng):
+            raise CheckpointError(
+                f"{str(rng_file)!r} does not hold the RNG states {sorted(need)}; resuming "
+                "without them would not replay the run",
+                fix="delete that state folder (the previous one is used) or start a new run_dir",
+            )
+        sched_file = directory / LR_SCHEDULER_FILE
+        if self.scheduler is None:
+            if sched_file.exists():
+                raise CheckpointError(
+                    f"{str(directory)!r} holds an LR scheduler state, but this run has no "
+                    "scheduler",
+                    fix="resume with the config the run was started with",
+                )
+            return None
+        if not sched_file.is_file():
+            raise CheckpointError(
+                f"the training state is incomplete: {str(sched_file)!r} (the LR scheduler) is "
+                "missing",
+                fix="delete that state folder (the previous one is used) or start a new run_dir",
+            )
+        cls_name, sched_state = _read_scheduler_record(sched_file)
+        expected = self.scheduler.state_dict()
+        if cls_name != type(self.scheduler).__name__ or set(sched_state) != set(expected):
+            raise CheckpointError(
+                f"{str(sched_file)!r} holds a {cls_name} state with keys {sorted(sched_state)}; "
+                f"this run's scheduler is a {type(self.scheduler).__name__} with keys "
+                f"{sorted(expected)}",
+                fix="resume with the config the run was started with, or start a new run_dir",
+            )
+        return sched_state
+
     def load(self, directory: str | Path) -> None:
-        """Restore model, optimizer, scheduler, RNG states and the TrainState."""
+        """Restore model, optimizer, scheduler, RNG states and the TrainState.
+
+        Every file is checked first (see the module docstring): a bad one raises
+        :class:`CheckpointError` naming it, with the model, optimizer, scheduler and RNG
+        streams unchanged, and nothing in the folder is unpickled beyond plain data."""
         directory = Path(directory)
         state_file = directory / TRAINER_STATE_FILE
         try:
@@ -851,13 +1112,16 @@ class Trainer:
                 "cannot be replayed",
                 fix="resume with the same data, batch size and number of processes",
             )
+        sched_state = self._check_state_files(directory)
         try:
             self.accelerator.load_state(str(directory))
-        except (RuntimeError, ValueError, KeyError, OSError) as e:
+        except _LOAD_ERRORS as e:
             raise CheckpointError(
                 f"cannot load the training state {str(directory)!r} into this run: {e}",
                 fix="resume with the config the run was started with, or start a new run_dir",
             ) from e
+        if self.scheduler is not None and sched_state is not None:
+            self.scheduler.load_state_dict(sched_state)
         self.state = state
         self._saved_step = state.step
         self._dirty = False

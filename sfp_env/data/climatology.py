@@ -285,6 +285,15 @@ class SSTClimatology:
                 block, calendar, pctile=pctile, window_half_width=window_half_width,
                 smooth_width=smooth_width,
             )
+        if not np.isfinite(p90).any():
+            files = [str(f) for f in fields.step_files(steps)]
+            listed = ", ".join(repr(f) for f in files[:5]) + (" ..." if len(files) > 5 else "")
+            raise DataError(
+                f"SSTClimatology: the {len(files)} file(s) of {y0}-{y1} hold no valid value of "
+                f"{fields.variable!r} (every cell is _FillValue/NaN): {listed}",
+                fix="those files are empty or damaged: download or generate them again "
+                "(sfp data generate sst --out <root>), or pick other training years",
+            )
         return cls(
             mean=mean, p90=p90, years=(y0, y1), pctile=float(pctile),
             window_half_width=int(window_half_width), smooth_width=int(smooth_width),
@@ -517,8 +526,25 @@ class MarineHeatwaveDataset(Dataset):
         self.climatology = climatology
         self._doy = day_of_year_366(self.fields.times)
         land = climatology.land_mask
+        if land.all():  # e.g. a cached climatology of all-_FillValue files
+            raise DataError(
+                f"MarineHeatwaveDataset: the climatology of {climatology.years[0]}-"
+                f"{climatology.years[1]} for {str(self.root)!r} has no valid cell (all land)",
+                fix="delete the cached climatology_*.nc in the data root (or climatology_path) "
+                "and check the training files: they hold only _FillValue",
+            )
         if self.fields.land_mask is not None:
+            first = self.fields.read_steps([0], nan_to_zero=False)
+            self.fields.check_valid_steps(first, [0], f"MarineHeatwaveDataset split {split!r}")
             land = land | self.fields.land_mask.numpy()
+            if land.all():
+                raise DataError(
+                    f"MarineHeatwaveDataset: no cell is valid both in the climatology and on "
+                    f"the first day of split {split!r} ({str(self.fields.files[0])!r}): every "
+                    "cell would be land, so every forecast would score perfectly",
+                    fix="check that the files of the split and of the training years cover the "
+                    "same ocean grid; download or generate damaged files again",
+                )
         self.land_mask = torch.from_numpy(np.ascontiguousarray(land))
 
     def __len__(self) -> int:
@@ -530,7 +556,9 @@ class MarineHeatwaveDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         steps = self.fields.window_steps(index)
-        sst = self.fields.read_steps(steps, nan_to_zero=False)[:, 0]
+        values = self.fields.read_steps(steps, nan_to_zero=False)
+        self.fields.check_valid_steps(values, steps, f"MarineHeatwaveDataset window {index}")
+        sst = values[:, 0]
         anomaly = sst - self.climatology.p90[self._doy[steps] - 1]
         anomaly[:, self.land_mask.numpy()] = 0.0
         np.nan_to_num(anomaly, copy=False, nan=0.0)

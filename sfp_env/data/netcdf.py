@@ -638,6 +638,31 @@ class NetCDFFieldDataset(ProcessLocalHandles, Dataset):
             values = values[:, None]
         return values
 
+    def step_files(self, steps: Sequence[int] | np.ndarray) -> list[Path]:
+        """The files holding global time steps ``steps`` (each once, in order)."""
+        index = self._step_file[np.asarray(steps, dtype=np.int64).reshape(-1)]
+        return [self.files[i] for i in dict.fromkeys(index.tolist())]
+
+    def check_valid_steps(self, values: np.ndarray, steps: Sequence[int] | np.ndarray,
+                          what: str) -> None:
+        """Raise :class:`DataError` naming the files of the steps of ``values [n, C, H, W]``
+        (NaN = fill) that hold no valid value at all: an all-_FillValue file would otherwise
+        read as an all-zero field (and e.g. a perfect score on it)."""
+        n = values.shape[0]
+        empty = ~np.isfinite(values).reshape(n, -1).any(axis=1)
+        if not empty.any():
+            return
+        steps = np.asarray(steps, dtype=np.int64).reshape(-1)
+        files = [str(f) for f in self.step_files(steps[empty])]
+        listed = ", ".join(repr(f) for f in files[:5]) + (" ..." if len(files) > 5 else "")
+        raise DataError(
+            f"{what}: {int(empty.sum())} of {n} time steps hold no valid value of "
+            f"{self.variable!r} (every cell is _FillValue/NaN), in {len(files)} file(s): "
+            f"{listed}",
+            fix="those files are empty or damaged (e.g. an interrupted download): download or "
+            "generate them again, or move them out of the data folder",
+        )
+
     def window_steps(self, index: int) -> np.ndarray:
         """Global time steps ``[in + out]`` of window ``index`` (``[in]`` in reconstruction)."""
         seg, start = self._index.locate(index)
@@ -648,7 +673,11 @@ class NetCDFFieldDataset(ProcessLocalHandles, Dataset):
         return len(self._index)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.from_numpy(self.read_steps(self.window_steps(index)))
+        steps = self.window_steps(index)
+        values = self.read_steps(steps, nan_to_zero=False)
+        self.check_valid_steps(values, steps, f"NetCDFFieldDataset window {index}")
+        np.nan_to_num(values, copy=False, nan=0.0, posinf=np.inf, neginf=-np.inf)
+        x = torch.from_numpy(values)
         if self.mode == "reconstruction":
             return x, x.clone()
         return x[: self.in_frames], x[self.in_frames :]

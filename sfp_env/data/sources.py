@@ -30,6 +30,9 @@ Readers are imported when a source is built, so importing this module is cheap.
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import inspect
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -94,9 +97,15 @@ def embedded_generator(source: str) -> str | None:
 def build_dataset(
     name: str, split: str, root: str | os.PathLike | None = None, **kwargs: Any
 ) -> Dataset:
-    """Build the dataset of source ``name`` for ``split`` (unknown names raise RegistryError)."""
+    """Build the dataset of source ``name`` for ``split`` (unknown names raise RegistryError).
+
+    For the built-in sources, keyword arguments the reader does not take raise
+    :class:`ConfigError` listing the accepted ones, before any data is generated or opened."""
     builder = DATA_SOURCES.get(name)
     generator = embedded_generator(name)
+    reader = _READERS.get(builder)
+    if reader is not None:
+        _check_options(name, reader, kwargs, embedded=generator is not None)
     if generator is not None:
         root = _root_or_embedded(generator, root, kwargs)
     return builder(split, root, **kwargs)
@@ -184,6 +193,38 @@ def _netcdf(split: str, root: str | os.PathLike | None = None, **kwargs: Any) ->
             fix="pass split_years={'train': (first, last), ...} or years=[...]",
         )
     return NetCDFFieldDataset(Path(root).expanduser(), **kwargs)
+
+
+#: built-in builder -> (module, reader class, extra options the builder itself takes)
+_READERS: dict[Callable[..., Dataset], tuple[str, str, tuple[str, ...]]] = {
+    _sevir: ("sfp_env.data.sevir", "SEVIRDataset", ()),
+    _nse: ("sfp_env.data.netcdf", "NavierStokesDataset", ()),
+    _mhw: ("sfp_env.data.climatology", "MarineHeatwaveDataset", ()),
+    _netcdf: ("sfp_env.data.netcdf", "NetCDFFieldDataset", ("split_years",)),
+}
+
+
+def _check_options(
+    name: str, reader: tuple[str, str, tuple[str, ...]], kwargs: Mapping[str, Any],
+    *, embedded: bool,
+) -> None:
+    """Raise :class:`ConfigError` for options the reader of source ``name`` does not take."""
+    module, cls_name, extra = reader
+    cls = getattr(importlib.import_module(module), cls_name)
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    accepted = [n for n, p in inspect.signature(cls).parameters.items()
+                if p.kind in named and n not in ("root", "split")]
+    accepted += list(extra) + (["embedded", "embedded_seed"] if embedded else [])
+    unknown = sorted(str(k) for k in set(kwargs) - set(accepted))
+    if unknown:
+        close = [m for k in unknown for m in difflib.get_close_matches(k, accepted, n=1)]
+        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+        raise ConfigError(
+            f"data source {name!r} ({cls_name}): unknown option(s) {unknown}{hint}; accepted: "
+            f"{', '.join(accepted)}",
+            fix=f"remove {unknown} from the data options (an environment's data_kwargs=, a "
+            "config's data section) or use one of the accepted keys",
+        )
 
 
 register_data_source("sevir", _sevir, generator="sevir")

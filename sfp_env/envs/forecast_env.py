@@ -40,6 +40,7 @@ from sfp_env.errors import (
     ConfigError,
     DataError,
     EnvStateError,
+    RewardError,
 )
 from sfp_env.metrics.rewards import Reward, get_reward
 
@@ -49,6 +50,7 @@ __all__ = [
     "EmbeddedDataNotice",
     "RESET_OPTIONS",
     "as_action_array",
+    "check_device",
     "resolve_world_model",
 ]
 
@@ -113,6 +115,45 @@ def as_action_array(action: Any, shape: tuple[int, ...], what: str = "action") -
             fix="replace NaN/inf before stepping; finite values outside [-1, 1] are clipped",
         )
     return out
+
+
+def check_device(device: Any, name: str = "device") -> torch.device:
+    """``device`` as a ``torch.device`` this torch build can use; otherwise :class:`ConfigError`
+    (an unparsable string, CUDA on a CPU-only build or without a GPU, an index past the last
+    GPU). Called before any data is read, so a wrong device fails at once."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ConfigError(
+            f"{name}={device!r} is not a torch device ({str(e).splitlines()[0]})",
+            fix=f"pass {name}='cpu', 'cuda' or 'cuda:0'",
+        ) from None
+    if dev.type == "cpu":
+        return dev
+    backend = getattr(torch, dev.type, None)
+    if dev.type == "mps":
+        backend = getattr(torch.backends, "mps", None)
+    available = bool(backend is not None and getattr(backend, "is_available", lambda: False)())
+    if not available:
+        build = f"torch {torch.__version__}"
+        if dev.type == "cuda":
+            build += (" built without CUDA" if torch.version.cuda is None
+                      else f" with CUDA {torch.version.cuda}, but no GPU is visible")
+        raise ConfigError(
+            f"{name}={str(dev)!r}: this machine has no usable {dev.type} device ({build})",
+            fix=f"pass {name}='cpu', or install a {dev.type}-enabled torch / run where a "
+            f"{dev.type} device is visible",
+        )
+    count = getattr(backend, "device_count", None)
+    if dev.index is not None and callable(count) and dev.index >= int(count()):
+        n = int(count())
+        raise ConfigError(
+            f"{name}={str(dev)!r}: only {n} {dev.type} device(s) are visible "
+            f"({', '.join(f'{dev.type}:{i}' for i in range(n))})",
+            fix=f"pass {name}='{dev.type}:0' ... '{dev.type}:{n - 1}' (check "
+            "CUDA_VISIBLE_DEVICES)",
+        )
+    return dev
 
 
 def resolve_world_model(
@@ -236,10 +277,10 @@ class ForecastCore:
         device: str | torch.device = "cpu",
         data_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
+        self.device = check_device(device)  # before any (possibly slow) data is read
         self.spec = get_task(task)
         self.data_dir = None if data_dir is None else Path(data_dir)
         self.data_kwargs = dict(data_kwargs or {})
-        self.device = torch.device(device)
         self._datasets: dict[str, Any] = {}
         if reward_kwargs is not None and not isinstance(reward_kwargs, Mapping):
             raise ConfigError(
@@ -419,9 +460,34 @@ class ForecastCore:
     ) -> tuple[torch.Tensor, np.ndarray]:
         """Decode N chunks and score them: context ``[N, T_in, C, H, W]``, codes
         ``[N, D, h, w]``, truth ``[N, T_f, C, H, W]`` -> (pred ``[N, T_f, C, H, W]``, reward
-        float64 ``[N]``)."""
+        float64 ``[N]``).
+
+        A NaN or inf reward raises :class:`RewardError` naming the reward (and whether the
+        forecast itself was not finite), so it never reaches an agent; nothing changes."""
         pred = self.world_model.decode(codes, context)
-        return pred, self.reward(pred, truth).detach().to("cpu", torch.float64).numpy()
+        reward = self.reward(pred, truth).detach().to("cpu", torch.float64).numpy()
+        bad = ~np.isfinite(reward)
+        if bad.any():
+            self._refuse_reward(reward, bad, pred)
+        return pred, reward
+
+    def _refuse_reward(self, reward: np.ndarray, bad: np.ndarray, pred: torch.Tensor) -> None:
+        rows = np.flatnonzero(bad)
+        finite_pred = torch.isfinite(pred.reshape(pred.shape[0], -1)).all(dim=1).cpu().numpy()
+        shown = ", ".join(f"[{i}] = {reward[i]}" for i in rows[:4].tolist())
+        if finite_pred[rows].all():
+            cause = "for finite forecasts, so the reward function produced them"
+            fix = (f"make reward {self.reward.name!r} return finite scores (guard divisions "
+                   "and logs, e.g. with an epsilon), or pass another reward=")
+        else:
+            cause = "the world model's forecast holds NaN/inf for those samples"
+            fix = "check the world model (its checkpoint or weights produce non-finite frames)"
+        raise RewardError(
+            f"reward {self.reward!r} of task {self.spec.name!r} returned {rows.size} non-finite "
+            f"score(s) of {len(reward)} ({shown}{', ...' if rows.size > 4 else ''}): {cause}; "
+            "the step was not taken",
+            fix=fix,
+        )
 
     @torch.no_grad()
     def advance(

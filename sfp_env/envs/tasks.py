@@ -20,6 +20,7 @@ equal the suite's ``compute()`` on that sample.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -79,50 +80,58 @@ def _nanmean_last(x: torch.Tensor) -> torch.Tensor:
     return x.nanmean(dim=-1)
 
 
+# The factories return ``functools.partial`` objects of module-level functions (not closures),
+# so the scores pickle with the environments (vector envs, subprocess envs).
+
+
+def _sevir_scores(
+    pred: torch.Tensor, truth: torch.Tensor, *, thresholds: tuple[float, ...], scale: float,
+    pool: int,
+) -> dict[str, torch.Tensor]:
+    table = contingency(pred, truth, thresholds, scale, 1, _SAMPLE_DIMS)
+    out = {
+        "csi_m": _nanmean_last(csi(table)),
+        "hss_m": _nanmean_last(hss(table)),
+    }
+    if pool > 1 and pred.shape[-1] % pool == 0 and pred.shape[-2] % pool == 0:
+        pooled = contingency(pred, truth, thresholds, scale, pool, _SAMPLE_DIMS)
+        out[f"csi_pool{pool}"] = _nanmean_last(csi(pooled))
+    out.update(_errors(pred, truth, None))
+    return out
+
+
 def sevir_chunk_scores(
     thresholds: tuple[float, ...] = SEVIR_THRESHOLDS, scale: float = 255.0, pool: int = 4
 ) -> ChunkScores:
     """``csi_m``, ``hss_m``, ``csi_pool{pool}`` (when H, W are divisible), ``mse``, ``mae``."""
+    return functools.partial(_sevir_scores, thresholds=thresholds, scale=scale, pool=pool)
 
-    def scores(pred: torch.Tensor, truth: torch.Tensor) -> dict[str, torch.Tensor]:
-        table = contingency(pred, truth, thresholds, scale, 1, _SAMPLE_DIMS)
-        out = {
-            "csi_m": _nanmean_last(csi(table)),
-            "hss_m": _nanmean_last(hss(table)),
-        }
-        if pool > 1 and pred.shape[-1] % pool == 0 and pred.shape[-2] % pool == 0:
-            pooled = contingency(pred, truth, thresholds, scale, pool, _SAMPLE_DIMS)
-            out[f"csi_pool{pool}"] = _nanmean_last(csi(pooled))
-        out.update(_errors(pred, truth, None))
-        return out
 
-    return scores
+def _nse_scores(pred: torch.Tensor, truth: torch.Tensor) -> dict[str, torch.Tensor]:
+    out = _errors(pred, truth, None)
+    if pred.shape[1] >= 2:
+        out["tke_error"] = tke_spectrum_error(pred, truth)
+    return out
 
 
 def nse_chunk_scores() -> ChunkScores:
     """``tke_error`` (needs T >= 2), ``mse``, ``mae`` of vorticity chunks."""
+    return _nse_scores
 
-    def scores(pred: torch.Tensor, truth: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = _errors(pred, truth, None)
-        if pred.shape[1] >= 2:
-            out["tke_error"] = tke_spectrum_error(pred, truth)
-        return out
 
-    return scores
+def _mhw_scores(
+    pred: torch.Tensor, truth: torch.Tensor, *, threshold: float, mask: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
+    table = heatwave_contingency(pred, truth, threshold, mask, _SAMPLE_DIMS)
+    hw = heatwave_scores(table)
+    out = {f"heatwave_{k}": hw[k] for k in ("csi", "pod", "far")}
+    out.update(_errors(pred, truth, mask))
+    return out
 
 
 def mhw_chunk_scores(threshold: float = 0.0, mask: Any = None) -> ChunkScores:
     """``heatwave_{csi,pod,far}`` and ``mse``/``mae`` over ocean cells (``mask`` True = land)."""
-    m = check_mask(mask)
-
-    def scores(pred: torch.Tensor, truth: torch.Tensor) -> dict[str, torch.Tensor]:
-        table = heatwave_contingency(pred, truth, threshold, m, _SAMPLE_DIMS)
-        hw = heatwave_scores(table)
-        out = {f"heatwave_{k}": hw[k] for k in ("csi", "pod", "far")}
-        out.update(_errors(pred, truth, m))
-        return out
-
-    return scores
+    return functools.partial(_mhw_scores, threshold=threshold, mask=check_mask(mask))
 
 
 def land_mask_kwargs(dataset: Any) -> dict[str, Any]:

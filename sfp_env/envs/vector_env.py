@@ -332,12 +332,10 @@ class BatchedForecastVectorEnv(VectorEnv):
         terminated = np.zeros(n, dtype=np.bool_)
         truncated = np.zeros(n, dtype=np.bool_)
 
-        resetting = np.flatnonzero(~active)
-        if resetting.size:  # NEXT_STEP autoreset: as env.reset() without seed or options
-            self._start_episodes(resetting, self.split, [None] * n, False, infos)
-
+        # compute first (a refused reward raises RewardError before any episode changes)
         rows = np.flatnonzero(active)
-        if rows.size and codes is not None:
+        stepped = rows.size > 0 and codes is not None
+        if stepped:
             dev = self._context.device
             rows_t = torch.as_tensor(rows, device=dev)
             steps = self._steps[rows]
@@ -348,6 +346,12 @@ class BatchedForecastVectorEnv(VectorEnv):
             pred, reward, scores, next_context = self.core.advance(
                 context, codes, truth, self.teacher_forcing
             )
+
+        resetting = np.flatnonzero(~active)
+        if resetting.size:  # NEXT_STEP autoreset: as env.reset() without seed or options
+            self._start_episodes(resetting, self.split, [None] * n, False, infos)
+
+        if stepped:
             self._context = self._context.index_copy(0, rows_t, next_context)
             if self._last_pred is None:
                 self._last_pred = pred.new_zeros((n, *pred.shape[1:]))

@@ -20,6 +20,7 @@ as neither the truth nor the forecast of the chunk reaches some threshold: with 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -177,16 +178,22 @@ def get_reward(name_or_callable: str | RewardFn | Reward, **kwargs: Any) -> Rewa
 # --- registered rewards ---------------------------------------------------------------------
 
 
+# The registered factories return ``functools.partial`` objects of module-level functions (not
+# closures), so rewards pickle: vector envs, DataLoader workers and subprocess envs copy them.
+
+
+def _categorical_score(
+    pred: torch.Tensor, truth: torch.Tensor, *, thr: Any, scale: float, pool: int, score: Callable
+) -> torch.Tensor:
+    table = contingency(pred, truth, thr, scale, pool, _SAMPLE_DIMS)
+    return score(table, undefined=1.0).nanmean(dim=-1)
+
+
 def _categorical(thresholds: Sequence[float], scale: float, pool: int, score: Callable) -> RewardFn:
     scale = check_positive(scale, "scale")
     thr = check_thresholds(tuple(thresholds), scale)
     pool = check_positive(pool, "pool", integer=True)
-
-    def reward(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-        table = contingency(pred, truth, thr, scale, pool, _SAMPLE_DIMS)
-        return score(table, undefined=1.0).nanmean(dim=-1)
-
-    return reward
+    return functools.partial(_categorical_score, thr=thr, scale=scale, pool=pool, score=score)
 
 
 def csi_m_reward(
@@ -230,33 +237,35 @@ def hss_reward(
     return _categorical(thresholds, scale, pool, hss)
 
 
+def _neg_mse(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    return -(pred - truth).square().mean(dim=_SAMPLE_DIMS)
+
+
+def _neg_mae(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    return -(pred - truth).abs().mean(dim=_SAMPLE_DIMS)
+
+
 def neg_mse_reward() -> RewardFn:
     """Minus the per-sample mean squared error."""
-
-    def reward(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-        return -(pred - truth).square().mean(dim=_SAMPLE_DIMS)
-
-    return reward
+    return _neg_mse
 
 
 def neg_mae_reward() -> RewardFn:
     """Minus the per-sample mean absolute error."""
-
-    def reward(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-        return -(pred - truth).abs().mean(dim=_SAMPLE_DIMS)
-
-    return reward
+    return _neg_mae
 
 
 def ssim_reward(data_range: float | None = 1.0) -> RewardFn:
     """Per-sample mean SSIM over the (T, C) images; ``None`` = each sample's truth range."""
     if data_range is not None:
         data_range = check_positive(data_range, "data_range")
+    return functools.partial(sample_ssim, data_range=data_range)
 
-    def reward(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-        return sample_ssim(pred, truth, data_range=data_range)
 
-    return reward
+def _negated(
+    error: Callable[..., torch.Tensor], pred: torch.Tensor, truth: torch.Tensor, **kwargs: Any
+) -> torch.Tensor:
+    return -error(pred, truth, **kwargs)
 
 
 def neg_tke_error_reward(k_max: int | None = None, rel_eps: float = 1e-6) -> RewardFn:
@@ -264,11 +273,7 @@ def neg_tke_error_reward(k_max: int | None = None, rel_eps: float = 1e-6) -> Rew
     if k_max is not None:
         k_max = check_positive(k_max, "k_max", integer=True)
     rel_eps = check_positive(rel_eps, "rel_eps")
-
-    def reward(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-        return -tke_spectrum_error(pred, truth, k_max=k_max, rel_eps=rel_eps)
-
-    return reward
+    return functools.partial(_negated, tke_spectrum_error, k_max=k_max, rel_eps=rel_eps)
 
 
 def neg_spectrum_error_reward(k_max: int | None = None, rel_eps: float = 1e-6) -> RewardFn:
@@ -276,11 +281,7 @@ def neg_spectrum_error_reward(k_max: int | None = None, rel_eps: float = 1e-6) -
     if k_max is not None:
         k_max = check_positive(k_max, "k_max", integer=True)
     rel_eps = check_positive(rel_eps, "rel_eps")
-
-    def reward(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-        return -energy_spectrum_error(pred, truth, k_max=k_max, rel_eps=rel_eps)
-
-    return reward
+    return functools.partial(_negated, energy_spectrum_error, k_max=k_max, rel_eps=rel_eps)
 
 
 def neg_psd_error_reward(
@@ -297,12 +298,12 @@ def neg_psd_error_reward(
     if k_max is not None and k_min > k_max:
         raise ConfigError(f"neg_psd_error: k_min={k_min} > k_max={k_max}",
                           fix="choose 0 <= k_min <= k_max")
+    return functools.partial(_neg_psd, k_min=k_min, k_max=k_max, rel_eps=rel_eps,
+                             abs_eps=abs_eps)
 
-    def reward(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-        err = psd_error(pred, truth, k_min=k_min, k_max=k_max, rel_eps=rel_eps, abs_eps=abs_eps)
-        return -err.mean(dim=(1, 2))
 
-    return reward
+def _neg_psd(pred: torch.Tensor, truth: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    return -psd_error(pred, truth, **kwargs).mean(dim=(1, 2))
 
 
 def heatwave_csi_reward(threshold: float = 0.0, mask: Any = None) -> RewardFn:
@@ -313,12 +314,14 @@ def heatwave_csi_reward(threshold: float = 0.0, mask: Any = None) -> RewardFn:
     """
     m = check_mask(mask)
     threshold = check_threshold(threshold)
+    return functools.partial(_heatwave_csi, threshold=threshold, mask=m)
 
-    def reward(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-        table = heatwave_contingency(pred, truth, threshold, m, _SAMPLE_DIMS)
-        return csi(table, undefined=1.0)
 
-    return reward
+def _heatwave_csi(
+    pred: torch.Tensor, truth: torch.Tensor, *, threshold: float, mask: Any
+) -> torch.Tensor:
+    table = heatwave_contingency(pred, truth, threshold, mask, _SAMPLE_DIMS)
+    return csi(table, undefined=1.0)
 
 
 def _weighted_term(i: int, term: Any) -> tuple[Reward, float]:
@@ -354,12 +357,14 @@ def weighted_reward(terms: Sequence[Mapping[str, Any]]) -> RewardFn:
             f"weighted reward: terms must be a non-empty list of terms, got {terms!r}",
             fix="terms: [{name: csi_m, weight: 1.0}, {name: neg_psd_error, weight: 2.0}]",
         )
-    parts = [_weighted_term(i, term) for i, term in enumerate(terms)]
+    parts = tuple(_weighted_term(i, term) for i, term in enumerate(terms))
+    return functools.partial(_weighted_sum, parts=parts)
 
-    def reward(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-        return sum(w * fn(pred, truth) for fn, w in parts)
 
-    return reward
+def _weighted_sum(
+    pred: torch.Tensor, truth: torch.Tensor, *, parts: Sequence[tuple[Reward, float]]
+) -> torch.Tensor:
+    return sum(w * fn(pred, truth) for fn, w in parts)
 
 
 for _name, _factory in {
