@@ -1,7 +1,10 @@
 """``sfp evaluate``: score an agent checkpoint (or a policy) with its task's metric suite.
 
 Episode ``i`` is sample ``i`` of the split (the first ``episodes`` of them). The agent forecasts
-from the observed frames only: no planning at test time, because the truth is unknown.
+from the observed frames only. ``--planner critic`` plans at inference without the truth: the
+critic's best of ``--n`` futures imagined around the agent's intentions
+(:func:`planning_agent`); ``--ensemble`` scores those futures as an ensemble
+(:func:`evaluate_ensemble`: CRPS, spread-skill ratio, rank histogram, Brier scores).
 
 Deterministic across process counts. Episodes are cut into fixed blocks of ``batch_size``
 consecutive episodes, ``[0, B), [B, 2B), ...``, whatever the number of processes; block ``k``
@@ -16,6 +19,8 @@ Usage::
 
     sfp evaluate --agent runs/agent_sevir_sfp/best/agent.pt --env SFP-SEVIR-v0 --episodes 64
     accelerate launch -m sfp_agents evaluate --agent agent.pt --env SFP-NSE-v0 --out m.json
+    sfp evaluate --agent agent.pt --env SFP-SEVIR-v0 --planner critic \
+        --critic runs/critic_sevir/best/critic.pt --n 32 --ensemble
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 from sfp_agents.training.barrier import main_process_first, wait_for_everyone
 from sfp_env.envs.tasks import TASKS, TaskSpec, get_task
 from sfp_env.errors import CheckpointError, ConfigError, DataError, RegistryError
+from sfp_env.metrics.categorical import SEVIR_THRESHOLDS
 from sfp_env.metrics.streaming import MetricCollection, get_metric_suite
 
 __all__ = [
@@ -170,8 +176,11 @@ def suite_metrics(
     episodes: int | None = None,
     batch_size: int = 16,
     num_workers: int = 0,
+    members: bool = False,
 ) -> dict[str, float]:
-    """The suite's metrics of ``forecast`` over the first ``episodes`` samples of ``dataset``.
+    """The suite's metrics of ``forecast`` over the first ``episodes`` samples of ``dataset``
+    (``members``: ``forecast`` returns an ensemble ``[B, M, T_out, C, H, W]``, scored by an
+    ensemble suite such as :class:`~sfp_env.metrics.ensemble.EnsembleAccumulator`).
 
     ``forecast(inputs [B, T_in, C, H, W]) -> [B, T_out, C, H, W]`` runs under ``no_grad`` on
     ``accelerator.device``. Call on every process: each evaluates its blocks (see the module
@@ -195,7 +204,8 @@ def suite_metrics(
                 inputs = batch[0].to(device, torch.float32)
                 targets = batch[1].to(device, torch.float32)
                 pred = forecast(inputs)
-                if pred.shape != targets.shape:
+                shape = (pred.shape[:1] + pred.shape[2:]) if members else pred.shape
+                if shape != targets.shape:
                     raise DataError(
                         f"the agent forecast {list(pred.shape)} for targets "
                         f"{list(targets.shape)}",
@@ -307,6 +317,57 @@ def format_table(metrics: Mapping[str, float], highlight: Sequence[str] = ()) ->
     return "\n".join(lines)
 
 
+#: exceedance thresholds of the ensemble Brier scores per task (in the data's units)
+ENSEMBLE_THRESHOLDS: dict[str, tuple[float, ...]] = {
+    "sevir": tuple(t / 255.0 for t in SEVIR_THRESHOLDS),
+}
+
+
+def planning_agent(agent: str | Path, *, n: int, critic: str | Path | None = None,
+                   world_model: Any = None, top_k: int = 8, temperature: float = 1.0,
+                   seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
+    """The agent checkpoint ``agent`` planning at inference: a
+    :class:`~sfp_agents.policies.critic.CriticSelection` over ``n`` futures sampled around its
+    intentions, ranked by ``critic`` (None: a critic that scores nothing, so only
+    :meth:`~sfp_agents.policies.critic.CriticSelection.members`, the ensemble, is meaningful);
+    returns it with the agent's checkpoint metadata."""
+    from sfp_agents.policies.checkpoint import load_agent
+    from sfp_agents.policies.critic import CriticSelection, load_critic
+
+    policy, meta = load_agent(agent, world_model=world_model)
+    spec = get_task(meta["task"])
+    wm = getattr(policy, "world_model", None)
+    if wm is None:  # a baseline: imagine around the latents of its forecast
+        from sfp_env.world_model import GenerativeWorldModel
+
+        wm = GenerativeWorldModel.from_pretrained(world_model or spec.world_model).freeze()
+    scorer = load_critic(critic, wm)[0] if critic is not None else None
+    selection = CriticSelection(policy, wm, scorer, n=n, top_k=top_k,  # type: ignore[arg-type]
+                                temperature=temperature, seed=seed)
+    return selection.eval(), meta
+
+
+def evaluate_ensemble(agent: str | Path, task: str | TaskSpec, n: int, split: str = "test",
+                      episodes: int | None = None, batch_size: int = 16,
+                      accelerator: Accelerator | None = None, **kwargs: Any) -> dict[str, float]:
+    """Ensemble scores (CRPS, spread-skill, rank histogram, Brier) of the ``n`` futures
+    sampled around the agent's intentions (member 0: its own decode); ``kwargs`` go to
+    :func:`planning_agent`."""
+    from sfp_env.metrics.ensemble import EnsembleAccumulator
+
+    spec = task_for_env(task)
+    acc = accelerator if accelerator is not None else Accelerator()
+    selection, meta = planning_agent(agent, n=n, **kwargs)
+    run_config = meta.get("config") or {}
+    with main_process_first(acc):
+        dataset = task_dataset(spec, split, run_config.get("data_root"),
+                               run_config.get("data_kwargs"))
+    check_windows(spec, dataset, split)
+    suite = EnsembleAccumulator(n, ENSEMBLE_THRESHOLDS.get(spec.name, ()))
+    return suite_metrics(acc, selection.to(acc.device).members, dataset, suite,
+                         episodes=episodes, batch_size=batch_size, members=True)
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``sfp evaluate``."""
     envs = ", ".join(spec.env_id for spec in TASKS.values())
@@ -322,6 +383,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="data folder (default: the agent's training data)")
     parser.add_argument("--world-model", default=None, metavar="NAME|PATH",
                         help="world model of an SFP agent (default: the one it recorded)")
+    parser.add_argument("--planner", default="none", choices=("none", "critic"),
+                        help="plan at inference: critic = the critic's best of --n futures "
+                        "sampled around the agent's intentions (default: the agent alone)")
+    parser.add_argument("--critic", default=None, metavar="CKPT",
+                        help="critic checkpoint of --planner critic (sfp train-critic)")
+    parser.add_argument("--n", type=int, default=16,
+                        help="futures sampled per forecast for --planner critic / --ensemble")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="also score the --n sampled futures as an ensemble (CRPS, "
+                        "spread-skill, rank histogram, Brier), beside the forecast's MAE")
     parser.add_argument("--out", default=None, metavar="JSON", help="write the metrics here")
     parser.add_argument("--cpu", action="store_true", help="evaluate on the CPU")
 
@@ -332,16 +403,36 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}",
                           fix="pass --batch-size 16")
+    if args.planner == "critic" and args.critic is None:
+        raise ConfigError("--planner critic needs --critic CKPT",
+                          fix="train one with sfp train-critic --config <task> agent=<agent>")
+    if args.n < 1:
+        raise ConfigError(f"--n must be >= 1, got {args.n}", fix="pass --n 16")
     acc = Accelerator(cpu=args.cpu)
+    agent: Any = args.agent
+    data_root, data_kwargs = args.data_root, None
+    if args.planner == "critic":
+        agent, meta = planning_agent(args.agent, n=args.n, critic=args.critic,
+                                     world_model=args.world_model, seed=args.seed)
+        run_config = meta.get("config") or {}
+        data_root = data_root or run_config.get("data_root")
+        data_kwargs = run_config.get("data_kwargs")
     metrics = evaluate_agent(
-        args.agent, spec, split=args.split, episodes=args.episodes, batch_size=args.batch_size,
-        seed=args.seed, accelerator=acc, data_root=args.data_root,
+        agent, spec, split=args.split, episodes=args.episodes, batch_size=args.batch_size,
+        seed=args.seed, accelerator=acc, data_root=data_root, data_kwargs=data_kwargs,
         world_model=args.world_model,
     )
+    if args.ensemble:
+        ensemble = evaluate_ensemble(args.agent, spec, args.n, split=args.split,
+                                     episodes=args.episodes, batch_size=args.batch_size,
+                                     accelerator=acc, world_model=args.world_model,
+                                     seed=args.seed)
+        metrics.update({f"ensemble/{k}": v for k, v in ensemble.items()})
     if acc.is_main_process:
         print(f"{args.agent} on {spec.env_id} ({args.split}, {args.episodes or 'all'} episodes, "
               f"{acc.num_processes} process(es))")
-        print(format_table(metrics, highlight=(spec.domain_metric,)))
+        print(format_table(metrics, highlight=(spec.domain_metric, "mse", "mae",
+                                               "ensemble/crps")))
         if args.out:
             report = {
                 "agent": str(args.agent),
@@ -352,6 +443,7 @@ def run(args: argparse.Namespace) -> int:
                 "batch_size": args.batch_size,
                 "processes": acc.num_processes,
                 "domain_metric": spec.domain_metric,
+                "planner": args.planner, "critic": args.critic, "n": args.n,
                 "metrics": {k: (None if math.isnan(v) else v) for k, v in metrics.items()},
             }
             out = Path(args.out)
