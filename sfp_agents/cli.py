@@ -32,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-gwm": ("sfp_agents.training.pretrain", "Stage 1: pretrain a generative world model"),
     "train-agent": ("sfp_agents.training.self_train", "Stage 2: self-train an agent (or baseline)"),
     "evaluate": ("sfp_agents.training.evaluate", "evaluate an agent checkpoint on an environment"),
+    "train-critic": ("sfp_agents.training.critic",
+                     "train a critic that ranks imagined futures without the truth"),
     "calibrate": ("sfp_agents.policies.calibration",
                   "fit a calibration (quantile mapping) to a trained baseline"),
     "leaderboard": ("benchmarks.leaderboard", "baseline vs +SFP leaderboard per task/backbone"),
