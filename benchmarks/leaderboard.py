@@ -433,34 +433,50 @@ def _score_reference(task: str, name: str, suite: SuiteConfig, *, accelerator: A
 
 
 def run_suite(
-    name: str, suite: SuiteConfig, *, out_dir: Path = RESULTS_DIR, run_root: Path | None = None,
-    data_roots: Mapping[str, str] | None = None, command: str | None = None,
-    resume: bool = False,
+    name: str, suite: SuiteConfig, *, out_dir: Path | None = None,
+    run_root: Path | None = None, data_roots: Mapping[str, str] | None = None,
+    command: str | None = None, resume: bool = False,
 ) -> dict[str, Any]:
-    """Train and evaluate the whole grid; write ``<out_dir>/<name>.json`` and ``.md``.
+    """Train and evaluate the whole grid; write ``<out_dir>/<name>.json`` and ``.md``
+    (``out_dir`` None: ``run_root``, so a rerun never overwrites the committed results in
+    ``benchmarks/results/`` unless asked to with ``out_dir``).
 
     ``resume``: keep the finished trainings of an earlier (crashed or stopped) run of the same
-    suite in ``run_root`` and only evaluate them again; each run records ``reused_training``."""
+    suite in ``run_root`` and only evaluate them again; each run records ``reused_training``.
+    The main process prints a line when each model starts and its test score when it ends."""
     from accelerate import Accelerator
 
     check_rows(suite, data_roots)
     code = _git_state()  # the code that trains, read before the run (commits may follow)
     accelerator = Accelerator()
     run_root = Path(run_root or Path("runs") / "leaderboard" / name)
+    out_dir = Path(out_dir) if out_dir is not None else run_root
     t0 = time.perf_counter()
     runs: list[dict[str, Any]] = []
-    for task in suite.tasks:
-        for backbone in suite.backbones:
-            for seed in suite.seeds:
-                for planner, ablation in _agents(suite):
-                    runs.append(_run_one(
-                        task, backbone, planner, seed, suite, run_root=run_root,
-                        accelerator=accelerator, data_roots=data_roots or {}, reuse=resume,
-                        ablation=ablation, git_commit=code["git_commit"],
-                    ))
-                    if planner is None:  # the baseline: its calibrations follow it
-                        runs += [_calibrate_one(runs[-1], name, suite, accelerator=accelerator)
-                                 for name in suite.calibrations]
+    grid = [(task, backbone, seed, planner, ablation) for task in suite.tasks
+            for backbone in suite.backbones for seed in suite.seeds
+            for planner, ablation in _agents(suite)]
+
+    def say(text: str) -> None:
+        if accelerator.is_main_process:
+            print(f"[{name} {time.perf_counter() - t0:7.0f} s] {text}", flush=True)
+
+    for i, (task, backbone, seed, planner, ablation) in enumerate(grid, 1):
+        label = f"{task} {backbone} seed {seed} {_run_tag(planner, ablation)}"
+        say(f"{i}/{len(grid)} {label}: training")
+        runs.append(_run_one(
+            task, backbone, planner, seed, suite, run_root=run_root,
+            accelerator=accelerator, data_roots=data_roots or {}, reuse=resume,
+            ablation=ablation, git_commit=code["git_commit"],
+        ))
+        if planner is None:  # the baseline: its calibrations follow it
+            runs += [_calibrate_one(runs[-1], cal, suite, accelerator=accelerator)
+                     for cal in suite.calibrations]
+        dom = get_task(task).domain_metric
+        say(f"{i}/{len(grid)} {label}: test " + ", ".join(
+            f"{r['mode'] if r['mode'] != 'sfp' else 'agent'} {dom} "
+            f"{r['metrics'].get(dom, float('nan')):.4f}"
+            for r in runs[-1 - (len(suite.calibrations) if planner is None else 0):]))
     references = [
         _score_reference(task, ref, suite, accelerator=accelerator,
                          data_roots=data_roots or {})
@@ -1102,7 +1118,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", nargs="+", help="override the suite's seeds (integers)")
     parser.add_argument("--data-root", nargs="+", default=[], metavar="TASK=PATH",
                         help="real data per task, e.g. sevir=/data/sevir")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--out-dir", type=Path, default=None,
+                        help="where <suite>.json/.md go (default: the run root; pass "
+                        "benchmarks/results to replace the committed results)")
     parser.add_argument("--run-root", type=Path, default=None,
                         help="where run directories go (default runs/leaderboard/<suite>)")
     parser.add_argument("--resume", action="store_true",
@@ -1159,16 +1177,32 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"--data-root names unknown tasks {unknown}",
                           fix=f"use task names from {sorted(TASKS)}")
-    # the command as given (``sfp`` passes its own argv; resuming does not change results)
-    argv = [a for a in getattr(args, "argv", sys.argv[2:]) if a != "--resume"]
+    # the command as given (``sfp`` passes its own argv), less what does not change results:
+    # resuming and where the files go
+    argv = _result_argv(list(getattr(args, "argv", sys.argv[2:])))
     command = "sfp leaderboard " + shlex.join(argv) if argv else None
     results = run_suite(name, suite, out_dir=args.out_dir, run_root=args.run_root,
                         data_roots={k: str(v) for k, v in roots.items()},
                         command=command or f"sfp leaderboard --suite {args.suite}",
                         resume=args.resume)
+    out_dir = args.out_dir or args.run_root or Path("runs") / "leaderboard" / name
     print(render_markdown(results))
-    print(f"wrote {args.out_dir / (name + '.json')} and {args.out_dir / (name + '.md')}")
+    print(f"wrote {out_dir / (name + '.json')} and {out_dir / (name + '.md')}")
     return 0
+
+
+def _result_argv(argv: list[str]) -> list[str]:
+    """``argv`` without ``--resume``, ``--out-dir X`` and ``--run-root X`` (also ``=X``)."""
+    out: list[str] = []
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == "--resume" or word.split("=", 1)[0] in ("--out-dir", "--run-root"):
+            skip = word in ("--out-dir", "--run-root")
+        else:
+            out.append(word)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -316,3 +316,17 @@ def test_a_schema_1_file_renders_with_its_own_rule() -> None:
     # a file without a schema_version is read as schema 1
     del old["schema_version"]
     assert "exceeds the seed spread" in render_markdown(old)
+
+
+def test_the_recorded_command_leaves_out_where_files_go_and_resume() -> None:
+    import argparse
+
+    from benchmarks.leaderboard import _result_argv, configure
+
+    argv = ["--suite", "sevir_plain", "--out-dir", "benchmarks/results", "--resume",
+            "--run-root=/tmp/r", "--seeds", "0", "1"]
+    assert _result_argv(argv) == ["--suite", "sevir_plain", "--seeds", "0", "1"]
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    # a rerun writes beside its runs, never over the committed results, unless asked to
+    assert parser.parse_args(["--suite", "smoke"]).out_dir is None
