@@ -11,6 +11,8 @@ in user code keeps working.
 
 from __future__ import annotations
 
+import gymnasium.error
+
 __all__ = [
     "SFPError",
     "DataError",
@@ -60,16 +62,18 @@ class ShapeError(SFPError, ValueError):
     """A tensor has the wrong rank, shape, dtype or non-finite values."""
 
 
-class ActionError(ShapeError):
-    """An environment action is malformed (shape, dtype, NaN/inf)."""
+class ActionError(ShapeError, gymnasium.error.InvalidAction):
+    """An environment action is malformed (shape, dtype, NaN/inf); also Gymnasium's
+    ``InvalidAction``, so code that catches that catches it."""
 
 
 class RewardError(ShapeError):
     """A reward returned scores an agent cannot use (NaN or inf)."""
 
 
-class EnvStateError(SFPError, RuntimeError):
-    """An environment call is out of order (step before reset, step after termination)."""
+class EnvStateError(SFPError, RuntimeError, gymnasium.error.ResetNeeded):
+    """An environment call is out of order (step before reset, step after termination); also
+    Gymnasium's ``ResetNeeded``."""
 
 
 class RegistryError(SFPError, KeyError):

@@ -220,3 +220,13 @@ def test_a_visible_gpu_passes_the_device_check() -> None:
     n = torch.cuda.device_count()
     with pytest.raises(ConfigError, match=f"only {n} cuda device"):
         forecast_env.check_device(f"cuda:{n}")
+
+
+def test_env_errors_are_gymnasiums_too(env_kwargs) -> None:
+    """Code written for Gymnasium catches sfp's env errors by Gymnasium's classes."""
+    env = gym.make("SFP-SEVIR-v0", **env_kwargs("sevir"))
+    with pytest.raises(gym.error.ResetNeeded):
+        env.step(env.action_space.sample())
+    env.reset(seed=0)
+    with pytest.raises(gym.error.InvalidAction):
+        env.step(np.zeros(3, dtype=np.float32))
