@@ -86,7 +86,7 @@ def base_agent_checkpoint(
     epochs, ``train.seed=seed``: the config of that leaderboard's resnet +SFP row with the
     latent head, :data:`LATENT_AGENT`; about 90 s on 2 CPU cores) into ``run_dir``, or reused
     from a finished run there (the run resumes where it stopped otherwise)."""
-    from benchmarks.leaderboard import load_suite, row_config
+    from sfp_agents.bench.leaderboard import load_suite, row_config
     from sfp_agents.training.self_train import train_agent
 
     _, suite = load_suite("small")

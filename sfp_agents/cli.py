@@ -36,9 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
                      "train a critic that ranks imagined futures without the truth"),
     "calibrate": ("sfp_agents.policies.calibration",
                   "fit a calibration (quantile mapping) to a trained baseline"),
-    "leaderboard": ("benchmarks.leaderboard", "baseline vs +SFP leaderboard per task/backbone"),
+    "leaderboard": ("sfp_agents.bench.leaderboard",
+                    "baseline vs +SFP leaderboard per task/backbone"),
     "visualize": ("sfp_agents.visualize", "PNG panel and GIF of truth vs forecasts"),
-    "bench": ("benchmarks.throughput", "throughput benchmarks (ratios on this machine)"),
+    "bench": ("sfp_agents.bench.throughput", "throughput benchmarks (ratios on this machine)"),
 }
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.beam_bench import QUICK, format_table, run
+from sfp_agents.bench.beam_bench import QUICK, format_table, run
 
 
 def test_beam_bench_tiny_run_agrees() -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.quantizer_bench import QUICK, LiveTensorPeak, main, run
+from sfp_agents.bench.quantizer_bench import QUICK, LiveTensorPeak, main, run
 
 
 def test_live_tensor_peak_counts_storages_once():

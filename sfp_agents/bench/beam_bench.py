@@ -3,7 +3,7 @@
 Both run the same rank-mode beam search on the same frozen, randomly initialized world model
 (SEVIR-like sizes by default: 13 context frames, chunks of 4 frames at 64x64, latent 16x16) and
 return the same plan; the benchmark reports candidates scored per second for each and their
-ratio (target >= 10x on CPU). ``python -m benchmarks.beam_bench`` prints a table.
+ratio (target >= 10x on CPU). ``python -m sfp_agents.bench.beam_bench`` prints a table.
 """
 
 from __future__ import annotations
@@ -133,7 +133,8 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.beam_bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m sfp_agents.bench.beam_bench",
+                                     description=__doc__)
     parser.add_argument("--B", type=int, default=16)
     parser.add_argument("--K", type=int, default=10)
     parser.add_argument("--beam-width", type=int, default=4)

@@ -6,7 +6,7 @@ shipped world model of the task is used when its checkpoint exists, otherwise a 
 random weights and the default ``WorldModelConfig`` sizes for the task (speed does not depend on
 the weights).
 
-``python -m benchmarks.env_bench [--num-envs 16] [--steps 24] [--task sevir]`` prints a table.
+``python -m sfp_agents.bench.env_bench [--num-envs 16] [--steps 24] [--task sevir]`` prints a table.
 """
 
 from __future__ import annotations
@@ -129,7 +129,8 @@ def _frame_size(spec: Any, data_dir: str | None, data_kwargs: Mapping | None) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.env_bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m sfp_agents.bench.env_bench",
+                                     description=__doc__)
     parser.add_argument("--num-envs", type=int, default=16)
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--task", default="sevir")

@@ -1,4 +1,4 @@
-"""The leaderboard's paired statistics (``benchmarks/stats.py``) against hand computations and
+"""The leaderboard's paired statistics (``sfp_agents/bench/stats.py``) against hand computations and
 known values: Student's t quantiles, the paired t interval, and Fieller's interval of a ratio
 checked by brute force on a grid of ratios."""
 
@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from benchmarks.stats import paired_interval, ratio_interval, t_critical
+from sfp_agents.bench.stats import paired_interval, ratio_interval, t_critical
 
 #: exact two-sided 95% critical values of Student's t (97.5% quantiles)
 KNOWN_T = {1: 12.706, 2: 4.303, 4: 2.776, 9: 2.262, 30: 2.042, 31: 2.0395, 40: 2.0211,

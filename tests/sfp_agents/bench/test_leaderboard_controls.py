@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.leaderboard import SuiteConfig, render_markdown, summarize
+from sfp_agents.bench.leaderboard import SuiteConfig, render_markdown, summarize
 from sfp_env.errors import ConfigError
 
 SEEDS = [0, 1, 2, 3, 4]
@@ -321,7 +321,7 @@ def test_a_schema_1_file_renders_with_its_own_rule() -> None:
 def test_the_recorded_command_leaves_out_where_files_go_and_resume() -> None:
     import argparse
 
-    from benchmarks.leaderboard import _result_argv, configure
+    from sfp_agents.bench.leaderboard import _result_argv, configure
 
     argv = ["--suite", "sevir_plain", "--out-dir", "benchmarks/results", "--resume",
             "--run-root=/tmp/r", "--seeds", "0", "1"]

@@ -1,11 +1,12 @@
-"""The baseline vs +SFP leaderboard (``sfp leaderboard --suite {smoke,small,full}``).
+"""The baseline vs +SFP leaderboard (``sfp leaderboard --suite {smoke,small,...}``).
 
 For every task x backbone x seed the supervised baseline and the +SFP agent are trained from the
 same initialization (same seed) with the same data, epochs and optimizer, then both are evaluated
-on the held-out test split with the task's metric suite. Results go to
-``benchmarks/results/<suite>.json`` (every number, config, seeds, versions, hardware, wall times)
-and a Markdown table ``benchmarks/results/<suite>.md`` rendered *only* from that JSON
-(:func:`render_markdown`), so the table can always be regenerated and checked.
+on the held-out test split with the task's metric suite. Results go to ``<out-dir>/<suite>.json``
+(every number, config, seeds, versions, hardware, wall times; default out-dir: the run root,
+``runs/leaderboard/<suite>``; the committed ones are in the repository's ``benchmarks/results``)
+and a Markdown table ``<suite>.md`` rendered *only* from that JSON (:func:`render_markdown`),
+so the table can always be regenerated and checked.
 
 Plug-in rows: ``--plugins my_package.my_module`` imports modules that call
 ``register_backbone``/``register_planner`` first; their names can then be passed to
@@ -36,15 +37,18 @@ from typing import Any
 
 import torch
 
-from benchmarks.stats import METHOD, paired_interval, ratio_interval
+from sfp_agents.bench.stats import METHOD, paired_interval, ratio_interval
 from sfp_agents.training.barrier import wait_for_everyone
 from sfp_env import __version__
 from sfp_env.config import from_dict, load_yaml, parse_overrides, to_dict
 from sfp_env.envs.tasks import TASKS, get_task
 from sfp_env.errors import ConfigError
 
+#: the shipped suites (installed with the package)
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+#: the committed results of a source checkout (the repository's ``benchmarks/results``; not
+#: installed: pass ``--out-dir benchmarks/results`` to replace them)
+RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 #: 2: paired intervals over seeds (bold = the interval excludes 0), calibrated baselines,
 #: planning's share; results of schema 1 render as they were written (bold = beyond the spread)
 SCHEMA_VERSION = 2
@@ -57,7 +61,7 @@ MSE_TOLERANCE = 0.05
 
 @dataclass
 class SuiteConfig:
-    """A leaderboard suite (YAML in ``benchmarks/suites/<name>.yaml``).
+    """A leaderboard suite (YAML in ``sfp_agents/bench/suites/<name>.yaml``).
 
     Attributes:
         tasks, backbones, planners, seeds: the grid; one baseline per (task, backbone, seed)
@@ -130,7 +134,7 @@ class SuiteConfig:
 
 
 def shipped_suites() -> list[str]:
-    """Names of the suites shipped in ``benchmarks/suites`` (``smoke``, ``small``, ...)."""
+    """Names of the suites shipped in ``sfp_agents/bench/suites`` (``smoke``, ``small``, ...)."""
     return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
 
 
@@ -172,7 +176,7 @@ def _git_state(cwd: Path | None = None) -> dict[str, Any]:
 
 
 def _hardware() -> dict[str, Any]:
-    from benchmarks.throughput import hardware
+    from sfp_agents.bench.throughput import hardware
 
     return hardware()
 
@@ -1206,7 +1210,7 @@ def _result_argv(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m benchmarks.leaderboard ...``: the same as ``sfp leaderboard ...``."""
+    """``python -m sfp_agents.bench.leaderboard ...``: the same as ``sfp leaderboard ...``."""
     from sfp_agents.cli import main as sfp_main
 
     return sfp_main(["leaderboard", *(sys.argv[1:] if argv is None else argv)])

@@ -16,7 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.leaderboard import (
+from sfp_agents.agent_config import AgentRunConfig
+from sfp_agents.bench.leaderboard import (
     RESULTS_DIR,
     TRAINED_RECORD,
     SuiteConfig,
@@ -33,7 +34,6 @@ from benchmarks.leaderboard import (
     split_options,
     summarize,
 )
-from sfp_agents.agent_config import AgentRunConfig
 from sfp_agents.config import load_config
 from sfp_agents.planners import PLANNERS
 from sfp_agents.policies import BACKBONES, register_backbone

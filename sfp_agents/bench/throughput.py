@@ -1,4 +1,4 @@
-"""Throughput benchmarks in one table (``sfp bench``, ``python -m benchmarks.throughput``).
+"""Throughput benchmarks in one table (``sfp bench``, ``python -m sfp_agents.bench.throughput``).
 
 Each benchmark compares two implementations of the same computation *in one process on one
 machine*, so the ratio is meaningful even on a shared, noisy machine; absolute numbers are labelled
@@ -30,9 +30,11 @@ import torch
 #: name -> (module, target description); each module exposes ``run(**kwargs) -> dict`` whose dict
 #: holds at least ``ratio`` (higher = batched implementation better) and ``metric``.
 BENCHMARKS: dict[str, tuple[str, str]] = {
-    "quantizer": ("benchmarks.quantizer_bench", "gather vs one-hot: time and peak-memory ratios"),
-    "env": ("benchmarks.env_bench", "batched vector env vs SyncVectorEnv (target >= 5x)"),
-    "beam": ("benchmarks.beam_bench", "batched beam search vs per-sample loop (target >= 10x)"),
+    "quantizer": ("sfp_agents.bench.quantizer_bench",
+                  "gather vs one-hot: time and peak-memory ratios"),
+    "env": ("sfp_agents.bench.env_bench", "batched vector env vs SyncVectorEnv (target >= 5x)"),
+    "beam": ("sfp_agents.bench.beam_bench",
+             "batched beam search vs per-sample loop (target >= 10x)"),
 }
 
 
@@ -111,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m sfp_agents.bench.throughput",
+                                     description=__doc__)
     configure(parser)
     return run(parser.parse_args(argv))
 

@@ -14,7 +14,8 @@ torch operators, tracked with a ``TorchDispatchMode`` (storages counted once how
 share them; scratch space inside a single kernel is not visible). Ratios are one-hot / gather, so
 higher means the gather is better. Defaults are the issue's setting: E=1024, K=10, 45x90 grid.
 
-Run ``python -m benchmarks.quantizer_bench``; ``benchmarks.throughput`` gathers :func:`run`.
+Run ``python -m sfp_agents.bench.quantizer_bench``; ``sfp_agents.bench.throughput`` gathers
+:func:`run`.
 """
 
 from __future__ import annotations
@@ -199,7 +200,7 @@ def format_result(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.quantizer_bench",
+    parser = argparse.ArgumentParser(prog="python -m sfp_agents.bench.quantizer_bench",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--E", type=int, default=1024, help="codebook size")
