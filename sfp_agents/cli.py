@@ -133,6 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SFPError as e:
         print(f"sfp {name}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a trainer has said what it saved and how to continue
+        print(f"sfp {name}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

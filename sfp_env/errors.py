@@ -67,6 +67,11 @@ class ActionError(ShapeError, gymnasium.error.InvalidAction):
     ``InvalidAction``, so code that catches that catches it."""
 
 
+class NonFiniteError(ShapeError):
+    """A tensor holds NaN or inf values where finite ones are needed (a model's input or
+    output; a trainer reads it as divergence)."""
+
+
 class RewardError(ShapeError):
     """A reward returned scores an agent cannot use (NaN or inf)."""
 

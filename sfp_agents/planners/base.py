@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sfp_env.errors import ConfigError, ShapeError
+from sfp_env.errors import ConfigError, NonFiniteError, ShapeError
 from sfp_env.registry import Registry, check_factory_kwargs
 
 __all__ = [
@@ -227,7 +227,7 @@ class Planner(ABC):
                 fix="give one intention per chunk of chunk_frames target frames",
             )
         if not torch.isfinite(intentions).all():
-            raise ShapeError(
+            raise NonFiniteError(
                 f"{self.name}.plan: intentions contain NaN or inf",
                 fix="check the policy's outputs (a NaN loss upstream?)",
             )

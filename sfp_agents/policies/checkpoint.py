@@ -492,13 +492,23 @@ def load_agent(
                 fix="re-create it with save_agent",
             )
         wm = _resolve_world_model(world_model, stored, path)
+    bad = sorted(k for k, v in payload["state_dict"].items()
+                 if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all())
+    if bad:
+        raise CheckpointError(
+            f"{str(path)!r}: the agent's weights hold NaN or inf in {len(bad)} tensor(s) "
+            f"({', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}); it would forecast NaN",
+            fix="use the run's best/agent.pt (saved at the best finite validation score) or "
+            "train again with a lower optim.lr",
+        )
     policy = build_policy(mode, payload["arch"], wm)
     try:
         policy.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as e:
+        detail = " ".join(line.strip() for line in str(e).splitlines()[1:] if line.strip())
         raise CheckpointError(
             f"{str(path)!r}: the weights do not fit the {mode!r} policy built from the stored "
-            f"architecture: {str(e).splitlines()[0]}",
+            f"architecture: {detail or str(e)}",
             fix="load it with the sfp version that wrote it "
             f"({payload.get('package_version')})",
         ) from e

@@ -52,6 +52,7 @@ import os
 import pickle
 import random
 import re
+import shlex
 import shutil
 import sys
 import time
@@ -73,7 +74,7 @@ from tqdm.auto import tqdm
 from sfp_agents.config import load_config, shipped_configs
 from sfp_agents.training.barrier import wait_for_everyone
 from sfp_env.config import config_diff, from_dict, to_dict
-from sfp_env.errors import CheckpointError, ConfigError, TrainingError
+from sfp_env.errors import CheckpointError, ConfigError, NonFiniteError, TrainingError
 
 if TYPE_CHECKING:
     from sfp_agents.agent_config import AgentTrainConfig
@@ -304,6 +305,12 @@ class RunDirectory:
         theirs = _drop_keys(saved, self.ignore)
         diffs = config_diff(theirs, mine)
         if not resume:
+            if diffs and self.latest_state() is None and not self.best_dir.is_dir():
+                # a run that failed before its first saved state (e.g. a wrong path): nothing
+                # was trained, so a corrected run takes the folder over
+                print(f"note: run_dir {str(self.path)!r} holds a run that never saved a state; "
+                      "this run replaces its config", file=sys.stderr)
+                return
             if diffs:
                 listed = "; ".join(diffs[:8]) + (" ..." if len(diffs) > 8 else "")
                 raise ConfigError(
@@ -362,8 +369,9 @@ def add_config_argument(parser: argparse.ArgumentParser, config_cls: type) -> No
         shipped = ", ".join(shipped_configs(config_cls))
     except ConfigError:
         shipped = ""
-    parser.add_argument("--config", required=True, metavar="NAME|PATH",
-                        help=f"shipped config name ({shipped or 'none'}) or a YAML file")
+    parser.add_argument("--config", default=None, metavar="NAME|PATH",
+                        help=f"shipped config name ({shipped or 'none'}) or a YAML file "
+                        "(required, except with --resume --run-dir DIR: the run's own config)")
 
 
 def add_run_arguments(
@@ -387,7 +395,18 @@ def load_run_config(
 ) -> RunConfigT:
     """Load ``args.config`` as ``config_cls`` with ``overrides``; ``--run-dir`` replaces the
     config's ``run_dir``."""
-    config = load_config(config_cls, args.config, overrides)
+    source = args.config
+    if source is None:
+        stored = Path(args.run_dir) / RunDirectory.CONFIG if args.run_dir else None
+        if not (getattr(args, "resume", False) and stored is not None and stored.is_file()):
+            raise ConfigError(
+                "--config is missing" + (f" and {str(stored)!r} holds no run config"
+                                         if stored is not None else ""),
+                fix="pass --config NAME|PATH, or --run-dir DIR --resume to continue the run "
+                "saved in DIR with its own config",
+            )
+        source = str(stored)
+    config = load_config(config_cls, source, overrides)
     if args.run_dir:
         config = replace(config, run_dir=str(args.run_dir))
     if getattr(args, "resume", False):
@@ -400,6 +419,15 @@ def load_run_config(
             print(f"warning: --resume: {str(path)!r} holds no saved state; starting a new run "
                   "there (check the path if you meant to continue a run)", file=sys.stderr)
     return config
+
+
+def resume_command(run_dir: str | Path, argv: Sequence[str] | None = None) -> str:
+    """The command that continues the run in ``run_dir``: ``sfp <command> --run-dir DIR
+    --resume`` (the folder holds the config; the current command's name is read from
+    ``argv``, default ``sys.argv``)."""
+    words = list(sys.argv if argv is None else argv)
+    command = next((w for w in words[1:] if not w.startswith("-")), "train-agent")
+    return shlex.join(["sfp", command, "--run-dir", str(run_dir), "--resume"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -1126,6 +1154,23 @@ class Trainer:
         self._saved_step = state.step
         self._dirty = False
 
+    def _save_on_interrupt(self, on_save: OnSave | None, elapsed_s: float) -> None:
+        """Ctrl-C: save the state of the last finished step (unless it is saved already) and
+        say how to continue. A step the interrupt cut short is not in it: the resumed run does
+        it again, as it would after a crash."""
+        acc = self.accelerator
+        self.state.elapsed_s = elapsed_s
+        if self.state.step > 0 and self._saved_step != self.state.step:
+            path = self.save(on_save)
+            where = f"saved the state at step {self.state.step} in {str(path)!r}"
+        else:
+            latest = self.run.latest_state()
+            where = (f"the latest saved state is {str(latest)!r}" if latest is not None
+                     else "nothing was trained yet, so nothing was saved")
+        if acc.is_main_process:
+            print(f"\ninterrupted: {where}; continue with: {resume_command(self.run.path)}",
+                  file=sys.stderr, flush=True)
+
     # ---- loop ----------------------------------------------------------------------------
     def fit(
         self,
@@ -1188,6 +1233,10 @@ class Trainer:
             self.state.elapsed_s = elapsed_before + time.perf_counter() - started
             if self._dirty or self._saved_step != self.state.step:
                 self.save(on_save)
+        except KeyboardInterrupt:
+            bar.close()
+            self._save_on_interrupt(on_save, elapsed_before + time.perf_counter() - started)
+            raise
         finally:
             bar.close()
         best = self.run.best_dir if self.run.best_dir.is_dir() else None
@@ -1250,7 +1299,11 @@ class Trainer:
         self, train_step: TrainStep, batch: Any, epoch: int, batch_index: int
     ) -> dict[str, float]:
         acc = self.accelerator
-        out = train_step(batch)
+        try:
+            out = train_step(batch)
+        except NonFiniteError as e:  # the model's own output is NaN/inf: it diverged
+            self._diverged(f"a non-finite value inside train_step ({str(e).splitlines()[0]})",
+                           epoch, batch_index)
         if not isinstance(out, Mapping) or "loss" not in out:
             raise TrainingError(
                 f"train_step must return a mapping with a 'loss' entry, got {type(out).__name__}",

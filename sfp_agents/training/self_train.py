@@ -311,7 +311,10 @@ class SFPObjective:
         anchor_mse = F.mse_loss(forecast, truth)
         loss = w.anchor * anchor_mse
         terms: dict[str, Tensor] = {"anchor_mse": anchor_mse.detach()}
-        plans = self.planner is not None
+        # a diverged agent (non-finite forecast or intentions) is not planned around: its loss
+        # is non-finite and the Trainer's NaN guard names the step ("training diverged ...")
+        finite = bool(torch.isfinite(forecast).all() and torch.isfinite(intentions).all())
+        plans = self.planner is not None and finite
         if plans and (step is None or step >= self.pseudo_warmup_steps):  # type: ignore[operator]
             plan_loss, plan_terms = self._plan_terms(context, forecast, intentions, truth, own)
             loss = loss + plan_loss

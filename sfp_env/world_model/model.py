@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from sfp_env.config import from_dict, to_dict
-from sfp_env.errors import ConfigError, ShapeError
+from sfp_env.errors import ConfigError, NonFiniteError, ShapeError
 from sfp_env.world_model.config import WorldModelConfig
 from sfp_env.world_model.networks import (
     OUTPUT_ACTIVATIONS,
@@ -141,7 +141,7 @@ class GenerativeWorldModel(nn.Module):
                 fix=f"move it with {name}.to(model.device), or the model to the data's device",
             )
         if x.numel() and not bool(torch.isfinite(x).all()):
-            raise ShapeError(
+            raise NonFiniteError(
                 f"argument {name!r} holds NaN or inf values",
                 fix=f"clean {name} (e.g. torch.nan_to_num) before calling the world model",
             )
@@ -353,7 +353,7 @@ class GenerativeWorldModel(nn.Module):
                 fix="actions and latents have the world model's latent_shape in the last axes",
             )
         if x.numel() and not bool(torch.isfinite(x).all()):
-            raise ShapeError("action/latent holds NaN or inf values",
+            raise NonFiniteError("action/latent holds NaN or inf values",
                              fix="clean the policy output before mapping it")
         centre = self.latent_centre.to(x.dtype).view(d, 1, 1)
         half = self.latent_half_range.to(x.dtype).view(d, 1, 1)

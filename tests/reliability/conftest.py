@@ -44,3 +44,15 @@ def env_fx() -> ModuleType:
 def _quiet(quiet_single_thread):
     """One torch thread, no embedded-data notice (see tests/conftest.py)."""
     yield
+
+
+@pytest.fixture(scope="session")
+def runner_fx() -> ModuleType:
+    """The toy training loop of tests/sfp_agents/training/test_runner.py (``_train``)."""
+    return load_test_module("sfp_agents/training/test_runner.py")
+
+
+@pytest.fixture(scope="session")
+def agent_fx() -> ModuleType:
+    """The tiny agent world model of tests/sfp_agents/agent_fixtures.py."""
+    return load_test_module("sfp_agents/agent_fixtures.py")
