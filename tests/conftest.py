@@ -1,12 +1,22 @@
-"""Shared test settings: small thread count, deterministic torch, a headless matplotlib."""
+"""Shared test settings: small thread count, deterministic torch, a headless matplotlib, and a
+data cache of the test run's own."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
+import tempfile
 import warnings
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# the embedded data the tests generate goes to a cache of this test run (removed at its end),
+# never into the user's ~/.cache/sfp; CI (or a user) may name a cache to reuse instead
+if not os.environ.get("SFP_CACHE_DIR", "").strip():
+    _CACHE = tempfile.mkdtemp(prefix="sfp-test-cache-")
+    os.environ["SFP_CACHE_DIR"] = _CACHE
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 import pytest
 import torch
