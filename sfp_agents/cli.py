@@ -29,6 +29,8 @@ from sfp_env.errors import ConfigError, SFPError
 #: name -> (module defining configure/run, help line)
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("sfp_agents.commands.data", "generate embedded data sets (sevir, nse, sst)"),
+    "launch": ("sfp_agents.commands.launch",
+               "run an sfp command in N processes (CPUs or GPUs): sfp launch -n 2 evaluate ..."),
     "train-gwm": ("sfp_agents.training.pretrain", "Stage 1: pretrain a generative world model"),
     "train-agent": ("sfp_agents.training.self_train", "Stage 2: self-train an agent (or baseline)"),
     "evaluate": ("sfp_agents.training.evaluate", "evaluate an agent checkpoint on an environment"),
