@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -147,12 +148,12 @@ class QuantileMap(nn.Module):
                 fix="map forecasts of the lead times and channels it was fitted on",
             )
         b, _, _, h, w = forecast.shape
-        x = forecast.permute(1, 2, 0, 3, 4).reshape(t * c, b * h * w)
+        x = rearrange(forecast, "b t c h w -> (t c) (b h w)")
         xp = self.source.reshape(t * c, levels).to(x.dtype)
         fp = self.target.reshape(t * c, levels).to(x.dtype)
         level = 0.5 * (_level(x, xp, right=True) + _level(x, xp, right=False))
         y = _at_level(fp, level)
-        return y.view(t, c, b, h, w).permute(2, 0, 1, 3, 4)
+        return rearrange(y, "(t c) (b h w) -> b t c h w", t=t, c=c, b=b, h=h, w=w)
 
 
 class QuantileMapped(nn.Module):
@@ -202,8 +203,8 @@ def _collect(forecast: Callable[[Tensor], Tensor], dataset: Dataset, batch_size:
                     fix="calibrate a forecaster on the task it was trained for",
                 )
             b, t, c, h, w = pred.shape
-            pred = pred.permute(1, 2, 0, 3, 4).reshape(t, c, -1)
-            target = target.permute(1, 2, 0, 3, 4).reshape(t, c, -1)
+            pred = rearrange(pred, "b t c h w -> t c (b h w)")
+            target = rearrange(target, "b t c h w -> t c (b h w)")
             budget = math.ceil(MAX_FIT_VALUES * b / total)
             if pred.shape[-1] > budget:
                 keep = torch.randperm(pred.shape[-1], generator=generator)[:budget]
