@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -57,18 +58,33 @@ __all__ = [
 #: keys accepted in ``reset(options=...)``
 RESET_OPTIONS = ("split", "index", "return_truth")
 
-_NOTICE_SHOWN = False
+#: tasks whose embedded-data notice this process has shown
+_NOTICE_SHOWN: set[str] = set()
 
 
 class EmbeddedDataNotice(UserWarning):
-    """Issued once per process when an env falls back to the embedded data / shipped model."""
+    """Issued once per task and process when an env falls back to the embedded data / shipped
+    model."""
 
 
-def _notice_once(message: str) -> None:
-    global _NOTICE_SHOWN
-    if not _NOTICE_SHOWN:
-        _NOTICE_SHOWN = True
-        warnings.warn(message, EmbeddedDataNotice, stacklevel=4)
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside sfp_env and Gymnasium, counted from the
+    caller of this function's caller (so a warning names the user's ``gym.make`` line)."""
+    import gymnasium
+
+    internal = tuple(os.path.dirname(m.__file__) for m in (sys.modules["sfp_env"], gymnasium))
+    frame = sys._getframe(2)  # the caller of _notice_once, stacklevel 2 of its warn
+    level = 2
+    while frame is not None and frame.f_code.co_filename.startswith(internal):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+def _notice_once(task: str, message: str) -> None:
+    if task not in _NOTICE_SHOWN:
+        _NOTICE_SHOWN.add(task)
+        warnings.warn(message, EmbeddedDataNotice, stacklevel=_user_stacklevel())
 
 
 # --- inputs -----------------------------------------------------------------------------------
@@ -322,9 +338,10 @@ class ForecastCore:
                 else "the given world model"
             )
             _notice_once(
+                spec.name,
                 f"sfp_env: task {spec.name!r} uses the embedded data generated under "
                 f"{getattr(first, 'root', 'the sfp cache')} and {model}; pass data_dir= for "
-                "real data (this notice is shown once per process)"
+                "real data (this notice is shown once per task and process)",
             )
 
     # ---- data --------------------------------------------------------------------------------

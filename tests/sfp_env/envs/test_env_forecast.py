@@ -355,16 +355,20 @@ def test_default_world_model_is_the_shipped_one(task, tmp_path):
             ForecastEnv(task)
 
 
-def test_embedded_data_notice_is_issued_once_per_process(env_kwargs, monkeypatch):
-    monkeypatch.setattr(forecast_env_module, "_NOTICE_SHOWN", False)
+def test_embedded_data_notice_is_issued_once_per_task_at_the_users_line(env_kwargs,
+                                                                        monkeypatch):
+    monkeypatch.setattr(forecast_env_module, "_NOTICE_SHOWN", set())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         make(env_kwargs, "sevir")
         make(env_kwargs, "sevir")
         make(env_kwargs, "mhw")
     notices = [w for w in caught if issubclass(w.category, EmbeddedDataNotice)]
-    assert len(notices) == 1
+    assert [("'sevir'" in str(n.message), "'mhw'" in str(n.message)) for n in notices] == [
+        (True, False), (False, True)]
     assert "embedded data" in str(notices[0].message)
+    # attributed to the caller (this test's helper), not to a line inside gymnasium or sfp_env
+    assert all(n.filename == __file__ for n in notices)
 
 
 @pytest.mark.parametrize("task", TASK_NAMES)
