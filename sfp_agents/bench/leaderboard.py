@@ -416,6 +416,27 @@ def _calibrate_one(base: Mapping[str, Any], name: str, suite: SuiteConfig, *,
     }
 
 
+def _prepare_data(suite: SuiteConfig, data_roots: Mapping[str, str], accelerator: Any,
+                  say: Any) -> dict[str, float]:
+    """Open (on a first run: generate) every task's splits before training, so the time the
+    embedded data takes is reported apart from the first training's: seconds per task."""
+    from sfp_agents.training.barrier import main_process_first
+    from sfp_agents.training.evaluate import task_dataset
+
+    seconds = {}
+    for task in suite.tasks:
+        rows = row_config(task, suite.backbones[0] if suite.backbones else "resnet", None,
+                          suite.seeds[0] if suite.seeds else 0, suite, Path("."),
+                          data_roots.get(task))
+        t0 = time.perf_counter()
+        with main_process_first(accelerator):
+            for split in ("train", "val", "test"):
+                task_dataset(task, split, rows.data_root, rows.data_kwargs)
+        seconds[task] = round(time.perf_counter() - t0, 2)
+        say(f"data of {task} ready ({seconds[task]:.0f} s)")
+    return seconds
+
+
 def _score_reference(task: str, name: str, suite: SuiteConfig, *, accelerator: Any,
                      data_roots: Mapping[str, str]) -> dict[str, Any]:
     """Score the untrained reference forecast ``name`` on the test episodes (and data: the
@@ -465,6 +486,7 @@ def run_suite(
         if accelerator.is_main_process:
             print(f"[{name} {time.perf_counter() - t0:7.0f} s] {text}", flush=True)
 
+    data_s = _prepare_data(suite, data_roots or {}, accelerator, say)
     for i, (task, backbone, seed, planner, ablation) in enumerate(grid, 1):
         label = f"{task} {backbone} seed {seed} {_run_tag(planner, ablation)}"
         say(f"{i}/{len(grid)} {label}: training")
@@ -508,6 +530,7 @@ def run_suite(
             }
             for t in suite.tasks
         },
+        "data_prep_s": data_s,
         "runs": runs,
         "references": references,
         "wall_time_s": round(time.perf_counter() - t0, 1),

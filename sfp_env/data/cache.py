@@ -81,13 +81,15 @@ def _is_complete(path: Path) -> bool:
     return (path / COMPLETE_MARKER).is_file()
 
 
-def ensure_embedded(name: str, seed: int = 0, *, progress: bool = False, **params: Any) -> Path:
+def ensure_embedded(name: str, seed: int = 0, *, progress: bool | None = None,
+                    **params: Any) -> Path:
     """Path of the embedded data set ``name`` ("sevir", "nse", "sst"), generated on first use.
 
     Args:
         name: a registered generator (unknown names raise RegistryError listing them).
         seed: generator seed.
-        progress: show the generator's progress bar when it has to generate.
+        progress: show the generator's progress bar when it has to generate (None: when
+            standard error is a terminal).
         **params: generator parameters (sizes, counts); unknown ones raise ConfigError.
 
     Returns:
@@ -128,12 +130,15 @@ def ensure_embedded(name: str, seed: int = 0, *, progress: bool = False, **param
         try:
             os.chmod(tmp, 0o755)  # mkdtemp makes it private; the data is not secret
             start = time.perf_counter()
-            entry(tmp, seed, progress=progress, **record["params"])
+            show = sys.stderr.isatty() if progress is None else progress
+            entry(tmp, seed, progress=show, **record["params"])
             record["seconds"] = round(time.perf_counter() - start, 2)
             (tmp / COMPLETE_MARKER).write_text(json.dumps(record, indent=2, sort_keys=True))
             os.replace(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        logger.info("sfp: embedded %r data ready in %s (%.1f s)", name, target, record["seconds"])
+        done = f"sfp: embedded {name!r} data ready in {target} ({record['seconds']:.1f} s)"
+        logger.info(done)
+        print(done, file=sys.stderr, flush=True)
     return target

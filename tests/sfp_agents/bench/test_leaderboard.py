@@ -99,6 +99,9 @@ def test_json_schema_and_files(results: tuple[dict, Path, dict]) -> None:
                 "wall_time_s", "created_utc"):
         assert key in on_disk, key
     assert on_disk["suite"] == "smoke" and on_disk["config"]["seeds"] == [0, 1]
+    # the data is opened (generated on a first run) before training, and timed apart
+    assert set(on_disk["data_prep_s"]) == set(on_disk["tasks"])
+    assert all(v >= 0 for v in on_disk["data_prep_s"].values())
     # one baseline + one +SFP run per (task, backbone, seed)
     assert len(on_disk["runs"]) == 1 * 2 * 2 * 2
     for run in on_disk["runs"]:
