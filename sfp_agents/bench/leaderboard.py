@@ -110,6 +110,13 @@ class SuiteConfig:
     panels: bool = True
 
     def __post_init__(self) -> None:
+        clash = sorted(set(self.ablations) & ({"baseline", "sfp"} | set(self.calibrations)))
+        if clash:
+            raise ConfigError(
+                f"suite ablation name(s) {clash} are also the baseline's, the agent's or a "
+                "calibration's name, so their runs could not be told apart",
+                fix="rename the ablation(s)",
+            )
         if self.control is not None and self.control not in self.ablations:
             raise ConfigError(
                 f"suite control {self.control!r} is not one of its ablations "
@@ -297,6 +304,7 @@ def check_rows(suite: SuiteConfig, data_roots: Mapping[str, str] | None = None) 
     bad task, backbone or planner name, or planner arguments a planner does not take, fail in
     seconds rather than after the first trainings (:class:`ConfigError` / ``RegistryError``)."""
     from sfp_agents.policies.calibration import CALIBRATIONS
+    from sfp_agents.policies.checkpoint import POLICY_KINDS
     from sfp_agents.policies.references import REFERENCE_FORECASTS
     from sfp_agents.training.self_train import check_components
 
@@ -304,6 +312,7 @@ def check_rows(suite: SuiteConfig, data_roots: Mapping[str, str] | None = None) 
         REFERENCE_FORECASTS.get(name)  # RegistryError listing the references
     for name in suite.calibrations:
         CALIBRATIONS.get(name)  # RegistryError listing the calibrations
+        POLICY_KINDS.get(name)  # its checkpoint must load: register_policy_kind(name, ...)
     tags = [_run_tag(planner, ablation) for planner, ablation in _agents(suite)]
     if len(set(tags)) < len(tags):
         twice = sorted({t for t in tags if tags.count(t) > 1})
@@ -411,7 +420,7 @@ def _calibrate_one(base: Mapping[str, Any], name: str, suite: SuiteConfig, *,
         "metrics": {k: float(v) for k, v in metrics.items()},
         "history": [], "loss_key": None, "loss_first": None, "loss_last": None,
         "train_wall_s": round(fit_s, 2), "eval_wall_s": round(time.perf_counter() - t1, 2),
-        "reused_training": base["reused_training"],
+        "reused_training": False,  # fitted again every run (seconds)
         "trained_at_commit": base.get("trained_at_commit"), "checkpoint": str(path),
     }
 
@@ -613,13 +622,14 @@ def summarize(results: Mapping[str, Any]) -> dict[str, Any]:
                                      if name in calibrations}
                 row["paired"] = {name: {k: _paired(sfp_runs, group, k) for k in (dom, "mse")}
                                  for name, group in others.items()}
-                dom_pair = row["paired"]["baseline"][dom]
+                dom_pair = row["paired"].get("baseline", {}).get(dom, {})
                 row["interval_excludes_zero"] = bool(
-                    dom_pair["low"] is not None and (dom_pair["low"] > 0 or dom_pair["high"] < 0))
+                    dom_pair.get("low") is not None
+                    and (dom_pair["low"] > 0 or dom_pair["high"] < 0))
                 control = results.get("config", {}).get("control")
                 row["planning_share"] = (
                     _share(sfp_runs, base_runs, others[control], dom)
-                    if control in others else None)
+                    if control in others and base_runs else None)
                 task_rows.append(row)
         summary["rows"].extend(task_rows)
         ablation_rows = _ablation_rows(runs, task_rows, dom)

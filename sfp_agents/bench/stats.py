@@ -19,7 +19,8 @@ from typing import Any
 __all__ = ["METHOD", "t_critical", "paired_interval", "ratio_interval"]
 
 #: how intervals are computed, as the leaderboard states it
-METHOD = "95% paired t interval over seeds (n - 1 degrees of freedom); shares by Fieller's theorem"
+METHOD = ("95% paired t interval over seeds (n - 1 degrees of freedom; a relative difference "
+          "divides by the other model's mean over seeds); shares by Fieller's theorem")
 
 #: two-sided 95% critical values of Student's t for 1..30 degrees of freedom
 _T975 = (
@@ -79,9 +80,9 @@ def ratio_interval(num: Sequence[float], den: Sequence[float]) -> dict[str, Any]
     a = my**2 - t2 * vyy
     b = -2 * (mx * my - t2 * vxy)
     c = mx**2 - t2 * vxx
-    disc = b * b - 4 * a * c
-    if a <= 0 or disc < 0:
+    if a <= 0:
         return {"n": n, "estimate": estimate, "low": None, "high": None, "bounded": False}
-    root = math.sqrt(disc)
+    # with a > 0 the estimate satisfies the inequality, so disc >= 0 but for rounding
+    root = math.sqrt(max(b * b - 4 * a * c, 0.0))
     low, high = sorted(((-b - root) / (2 * a), (-b + root) / (2 * a)))
     return {"n": n, "estimate": estimate, "low": low, "high": high, "bounded": True}

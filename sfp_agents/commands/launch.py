@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -77,4 +78,11 @@ def run(args: argparse.Namespace) -> int:
             fix=f"pass -n {gpus} or fewer, or --cpu for CPU processes",
         )
     argv, env = launch_command(args.num_processes, list(args.command), cpu=cpu, port=args.port)
-    return subprocess.call(argv, env=env)
+    child = subprocess.Popen(argv, env=env)
+    # Ctrl-C reaches the launcher and its workers from the terminal; this process waits for
+    # them to save and stop instead of killing the launcher and orphaning the workers
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return child.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)

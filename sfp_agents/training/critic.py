@@ -385,7 +385,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``sfp train-critic``; prints the best checkpoint and its validation numbers."""
     config = load_run_config(CriticRunConfig, args, args.overrides)
-    words = ["sfp", "train-critic", "--config", str(args.config)]
+    words = ["sfp", "train-critic", *(["--config", str(args.config)] if args.config else [])]
     words += ["--run-dir", str(args.run_dir)] if args.run_dir else []
     best = train_critic(config, resume=args.resume, cpu=args.cpu,
                         tensorboard=not args.no_tensorboard, progress=not args.no_progress,

@@ -276,13 +276,7 @@ def evaluate_agent(
         policy = agent
     else:
         policy, meta = load_agent(agent, world_model=world_model, map_location=acc.device)
-        trained_for = meta.get("task")
-        if trained_for is not None and trained_for != spec.name:
-            raise CheckpointError(
-                f"agent {str(agent)!r} was trained for task {trained_for!r}, not {spec.name!r}",
-                fix=f"evaluate it on {get_task(trained_for).env_id}, or pass an agent of "
-                f"task {spec.name!r}",
-            )
+        _check_task(agent, meta, spec)
         run_config = meta.get("config") or {}
         if data_root is None and data_kwargs is None:
             data_root = run_config.get("data_root")
@@ -333,35 +327,51 @@ def planning_agent(agent: str | Path, *, n: int, critic: str | Path | None = Non
     returns it with the agent's checkpoint metadata."""
     from sfp_agents.policies.checkpoint import load_agent
     from sfp_agents.policies.critic import CriticSelection, load_critic
+    from sfp_env.envs.forecast_env import resolve_world_model
 
     policy, meta = load_agent(agent, world_model=world_model)
     spec = get_task(meta["task"])
     wm = getattr(policy, "world_model", None)
     if wm is None:  # a baseline: imagine around the latents of its forecast
-        from sfp_env.world_model import GenerativeWorldModel
-
-        wm = GenerativeWorldModel.from_pretrained(world_model or spec.world_model).freeze()
+        arch = meta["arch"]
+        wm = resolve_world_model(world_model, spec, int(arch["height"]), int(arch["width"]),
+                                 torch.device("cpu"))
     scorer = load_critic(critic, wm)[0] if critic is not None else None
     selection = CriticSelection(policy, wm, scorer, n=n, top_k=top_k,  # type: ignore[arg-type]
                                 temperature=temperature, seed=seed)
     return selection.eval(), meta
 
 
+def _check_task(agent: str | Path, meta: Mapping[str, Any], spec: TaskSpec) -> None:
+    trained_for = meta.get("task")
+    if trained_for is not None and trained_for != spec.name:
+        raise CheckpointError(
+            f"agent {str(agent)!r} was trained for task {trained_for!r}, not {spec.name!r}",
+            fix=f"evaluate it on {get_task(trained_for).env_id}, or pass an agent of "
+            f"task {spec.name!r}",
+        )
+
+
 def evaluate_ensemble(agent: str | Path, task: str | TaskSpec, n: int, split: str = "test",
                       episodes: int | None = None, batch_size: int = 16,
-                      accelerator: Accelerator | None = None, **kwargs: Any) -> dict[str, float]:
+                      accelerator: Accelerator | None = None, *,
+                      data_root: str | Path | None = None,
+                      data_kwargs: Mapping[str, Any] | None = None,
+                      **kwargs: Any) -> dict[str, float]:
     """Ensemble scores (CRPS, spread-skill, rank histogram, Brier) of the ``n`` futures
-    sampled around the agent's intentions (member 0: its own decode); ``kwargs`` go to
-    :func:`planning_agent`."""
+    sampled around the agent's intentions (member 0: its own decode) on the data (None: the
+    agent's training run's); ``kwargs`` go to :func:`planning_agent`."""
     from sfp_env.metrics.ensemble import EnsembleAccumulator
 
     spec = task_for_env(task)
     acc = accelerator if accelerator is not None else Accelerator()
     selection, meta = planning_agent(agent, n=n, **kwargs)
+    _check_task(agent, meta, spec)
     run_config = meta.get("config") or {}
+    if data_root is None and data_kwargs is None:
+        data_root, data_kwargs = run_config.get("data_root"), run_config.get("data_kwargs")
     with main_process_first(acc):
-        dataset = task_dataset(spec, split, run_config.get("data_root"),
-                               run_config.get("data_kwargs"))
+        dataset = task_dataset(spec, split, data_root, data_kwargs)
     check_windows(spec, dataset, split)
     suite = EnsembleAccumulator(n, ENSEMBLE_THRESHOLDS.get(spec.name, ()))
     return suite_metrics(acc, selection.to(acc.device).members, dataset, suite,
@@ -414,9 +424,10 @@ def run(args: argparse.Namespace) -> int:
     if args.planner == "critic":
         agent, meta = planning_agent(args.agent, n=args.n, critic=args.critic,
                                      world_model=args.world_model, seed=args.seed)
+        _check_task(args.agent, meta, spec)
         run_config = meta.get("config") or {}
-        data_root = data_root or run_config.get("data_root")
-        data_kwargs = run_config.get("data_kwargs")
+        if data_root is None:
+            data_root, data_kwargs = run_config.get("data_root"), run_config.get("data_kwargs")
     metrics = evaluate_agent(
         agent, spec, split=args.split, episodes=args.episodes, batch_size=args.batch_size,
         seed=args.seed, accelerator=acc, data_root=data_root, data_kwargs=data_kwargs,
@@ -425,8 +436,8 @@ def run(args: argparse.Namespace) -> int:
     if args.ensemble:
         ensemble = evaluate_ensemble(args.agent, spec, args.n, split=args.split,
                                      episodes=args.episodes, batch_size=args.batch_size,
-                                     accelerator=acc, world_model=args.world_model,
-                                     seed=args.seed)
+                                     accelerator=acc, data_root=args.data_root,
+                                     world_model=args.world_model, seed=args.seed)
         metrics.update({f"ensemble/{k}": v for k, v in ensemble.items()})
     if acc.is_main_process:
         print(f"{args.agent} on {spec.env_id} ({args.split}, {args.episodes or 'all'} episodes, "

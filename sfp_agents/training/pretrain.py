@@ -399,7 +399,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``sfp train-gwm``; prints the best checkpoint's path."""
     config = load_run_config(GWMRunConfig, args, args.overrides)
-    words = ["sfp", "train-gwm", "--config", str(args.config)]
+    words = ["sfp", "train-gwm", *(["--config", str(args.config)] if args.config else [])]
     words += ["--run-dir", str(args.run_dir)] if args.run_dir else []
     words += [flag for flag, on in (("--resume", args.resume), ("--cpu", args.cpu),
                                     ("--no-tensorboard", args.no_tensorboard)) if on]

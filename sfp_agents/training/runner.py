@@ -54,7 +54,9 @@ import random
 import re
 import shlex
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
@@ -421,13 +423,45 @@ def load_run_config(
     return config
 
 
-def resume_command(run_dir: str | Path, argv: Sequence[str] | None = None) -> str:
-    """The command that continues the run in ``run_dir``: ``sfp <command> --run-dir DIR
-    --resume`` (the folder holds the config; the current command's name is read from
-    ``argv``, default ``sys.argv``)."""
+def resume_command(run_dir: str | Path, argv: Sequence[str] | None = None) -> str | None:
+    """The command that continues the run in ``run_dir`` when this process is an ``sfp
+    train-*`` command: ``sfp <command> --run-dir DIR --resume`` (the folder holds the config;
+    ``--plugins`` are kept), else None (e.g. a training inside ``sfp leaderboard``, which
+    resumes with its own ``--resume``). ``argv`` defaults to ``sys.argv``."""
     words = list(sys.argv if argv is None else argv)
-    command = next((w for w in words[1:] if not w.startswith("-")), "train-agent")
-    return shlex.join(["sfp", command, "--run-dir", str(run_dir), "--resume"])
+    command = next((w for w in words[1:] if not w.startswith("-")), None)
+    if command is None or not command.startswith("train-"):
+        return None
+    plugins: list[str] = []
+    for i, word in enumerate(words):
+        if word == "--plugins":
+            plugins += ["--plugins", *[w for w in words[i + 1:] if not w.startswith("-")
+                                       and "=" not in w][:1]]
+        elif word.startswith("--plugins="):
+            plugins.append(word)
+    return shlex.join(["sfp", command, "--run-dir", str(run_dir), "--resume", *plugins])
+
+
+class _Stopped(KeyboardInterrupt):
+    """Ctrl-C, acted on at a step boundary after the state was saved and reported."""
+
+
+def _catch_sigint(trainer: Any) -> Any:
+    """Make Ctrl-C set ``trainer._interrupted`` (checked at each step boundary) instead of
+    raising mid-step; returns the previous handler (None outside the main thread, where
+    signals cannot be caught)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        trainer._interrupted = True
+
+    return signal.signal(signal.SIGINT, handler)
+
+
+def _restore_sigint(previous: Any) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGINT, previous)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1154,21 +1188,27 @@ class Trainer:
         self._saved_step = state.step
         self._dirty = False
 
-    def _save_on_interrupt(self, on_save: OnSave | None, elapsed_s: float) -> None:
-        """Ctrl-C: save the state of the last finished step (unless it is saved already) and
-        say how to continue. A step the interrupt cut short is not in it: the resumed run does
-        it again, as it would after a crash."""
+    def _stop_requested(self) -> bool:
+        """Whether Ctrl-C was pressed on any process (all processes agree, so they stop at the
+        same step)."""
         acc = self.accelerator
-        self.state.elapsed_s = elapsed_s
-        if self.state.step > 0 and self._saved_step != self.state.step:
-            path = self.save(on_save)
-            where = f"saved the state at step {self.state.step} in {str(path)!r}"
+        if acc.num_processes == 1:
+            return self._interrupted
+        flag = torch.tensor([float(self._interrupted)], device=acc.device)
+        return bool(acc.gather(flag).max() > 0)
+
+    def _report_interrupt(self, saved: Path | None) -> None:
+        """Say what an interrupted run kept and how to continue it."""
+        if saved is not None:
+            where = f"saved the state at step {self.state.step} in {str(saved)!r}"
         else:
             latest = self.run.latest_state()
             where = (f"the latest saved state is {str(latest)!r}" if latest is not None
-                     else "nothing was trained yet, so nothing was saved")
-        if acc.is_main_process:
-            print(f"\ninterrupted: {where}; continue with: {resume_command(self.run.path)}",
+                     else "nothing was saved yet")
+        hint = resume_command(self.run.path)
+        if self.accelerator.is_main_process:
+            print(f"\ninterrupted: {where}; continue with "
+                  + (hint if hint else "the same command and --resume"),
                   file=sys.stderr, flush=True)
 
     # ---- loop ----------------------------------------------------------------------------
@@ -1209,6 +1249,8 @@ class Trainer:
             disable=not (self.progress and acc.is_local_main_process),
             dynamic_ncols=True,
         )
+        self._interrupted = False
+        previous = _catch_sigint(self)
         try:
             while self.state.step < total and self.state.epoch < self.epochs:
                 self._train_epoch(train_step, on_step_end, on_save, total, bar, started,
@@ -1233,12 +1275,14 @@ class Trainer:
             self.state.elapsed_s = elapsed_before + time.perf_counter() - started
             if self._dirty or self._saved_step != self.state.step:
                 self.save(on_save)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             bar.close()
-            self._save_on_interrupt(on_save, elapsed_before + time.perf_counter() - started)
+            if not isinstance(e, _Stopped):  # raised by code, not by Ctrl-C (the handler's)
+                self._report_interrupt(None)
             raise
         finally:
             bar.close()
+            _restore_sigint(previous)
         best = self.run.best_dir if self.run.best_dir.is_dir() else None
         return FitResult(
             run_dir=self.run.path,
@@ -1290,6 +1334,11 @@ class Trainer:
             bar.set_postfix(loss=f"{logs['loss']:.4g}", epoch=epoch)
             if on_step_end is not None:
                 on_step_end(state, logs)
+            if self._stop_requested():  # Ctrl-C: stop at this step boundary, saved
+                bar.close()
+                self._report_interrupt(self.save(on_save) if self._saved_step != state.step
+                                       else self.run.latest_state())
+                raise _Stopped
             if state.step >= total:
                 break
             if state.step % self.save_every == 0:
@@ -1299,11 +1348,18 @@ class Trainer:
         self, train_step: TrainStep, batch: Any, epoch: int, batch_index: int
     ) -> dict[str, float]:
         acc = self.accelerator
+        failure: NonFiniteError | None = None
         try:
             out = train_step(batch)
         except NonFiniteError as e:  # the model's own output is NaN/inf: it diverged
-            self._diverged(f"a non-finite value inside train_step ({str(e).splitlines()[0]})",
-                           epoch, batch_index)
+            failure = e
+        failed = failure is not None
+        if acc.num_processes > 1:  # every process learns of it, so all raise together
+            flag = torch.tensor([float(failed)], device=acc.device)
+            failed = bool(acc.gather(flag).max() > 0)
+        if failed:
+            why = str(failure).splitlines()[0] if failure is not None else "on another process"
+            self._diverged(f"a value inside train_step ({why})", epoch, batch_index)
         if not isinstance(out, Mapping) or "loss" not in out:
             raise TrainingError(
                 f"train_step must return a mapping with a 'loss' entry, got {type(out).__name__}",

@@ -83,11 +83,13 @@ def brier_scores(members: Any, truth: Any, thresholds: Sequence[float]) -> Tenso
     """Per-threshold Brier score of the exceedance probabilities, averaged over every value:
     ``[K]`` for ``K`` thresholds."""
     x, y = _check(members, truth)
-    thr = torch.as_tensor(list(thresholds), dtype=x.dtype, device=x.device)
-    shape = [-1] + [1] * y.dim()
-    prob = (x[None] >= thr.view([-1, 1] + [1] * y.dim())).to(x.dtype).mean(dim=2)  # [K, N, ...]
-    observed = (y[None] >= thr.view(shape)).to(x.dtype)
-    return (prob - observed).square().flatten(1).mean(dim=1)
+    scores = []
+    for t in thresholds:  # one threshold at a time: no [K, N, M, ...] tensor
+        prob = (x >= t).sum(dim=1, dtype=torch.int32).to(torch.float32) / x.shape[1]
+        scores.append((prob - (y >= t).to(torch.float32)).square().mean(dtype=torch.float64))
+    if not scores:
+        return torch.zeros(0, dtype=torch.float64, device=x.device)
+    return torch.stack(scores)
 
 
 def rank_counts(members: Any, truth: Any) -> Tensor:
@@ -157,16 +159,18 @@ class EnsembleAccumulator(Accumulator):
         return self
 
     def _batch_sums(self, pred: Tensor, truth: Tensor) -> dict[str, Tensor]:
-        x, y = pred.to(_F64), truth.to(_F64)
+        # per-value scores in the input's precision, their sums in float64 (as the other
+        # accumulators): no float64 copy of the whole ensemble
+        x, y = pred, truth
         mean = x.mean(dim=1)
         var = x.var(dim=1, unbiased=True) if self.members > 1 else torch.zeros_like(mean)
-        count = torch.tensor(float(y.numel()), dtype=_F64, device=y.device)
         n = y.numel()
-        brier = (brier_scores(x, y, self.thresholds) * n if self.thresholds
-                 else torch.zeros(0, dtype=_F64, device=y.device))
-        return {"crps_sum": crps_ensemble(x, y).sum(), "abs_mean_sum": (mean - y).abs().sum(),
-                "sq_mean_sum": (mean - y).square().sum(), "var_sum": var.sum(),
-                "count": count, "ranks": rank_counts(x, y), "brier_sum": brier}
+        count = torch.tensor(float(n), dtype=_F64, device=y.device)
+        return {"crps_sum": crps_ensemble(x, y).sum(dtype=_F64),
+                "abs_mean_sum": (mean - y).abs().sum(dtype=_F64),
+                "sq_mean_sum": (mean - y).square().sum(dtype=_F64),
+                "var_sum": var.sum(dtype=_F64), "count": count, "ranks": rank_counts(x, y),
+                "brier_sum": brier_scores(x, y, self.thresholds) * n}
 
     def _compute(self, sums: dict[str, Tensor]) -> dict[str, float]:
         n = float(sums["count"])

@@ -5,6 +5,8 @@ message, and agent checkpoints with NaN weights or mismatched shapes are refused
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -15,7 +17,14 @@ import torch
 from sfp_agents.agent_config import AgentRunConfig
 from sfp_agents.cli import main as cli_main
 from sfp_agents.policies.checkpoint import build_policy, load_agent, policy_arch, save_agent
-from sfp_agents.training.runner import RunDirectory, resume_command, start_run
+from sfp_agents.training.runner import (
+    RunDirectory,
+    Trainer,
+    _catch_sigint,
+    _restore_sigint,
+    resume_command,
+    start_run,
+)
 from sfp_agents.training.self_train import train_agent
 from sfp_env.config import from_dict
 from sfp_env.errors import CheckpointError, ConfigError, TrainingError
@@ -58,24 +67,42 @@ def test_ctrl_c_saves_a_state_and_the_run_resumes_exactly(
     capsys: pytest.CaptureFixture,
 ) -> None:
     _, whole = runner_tests._train(tmp_path / "whole")
-    monkeypatch.setattr(runner_tests, "_Killed", KeyboardInterrupt)
+    # Ctrl-C during step 3 is acted on at its end (save_every=2: step 3 was unsaved)
+    monkeypatch.setattr(Trainer, "_stop_requested", lambda self: self.state.step == 3)
     with pytest.raises(KeyboardInterrupt):
-        runner_tests._train(tmp_path / "cut", kill_at=3)  # save_every=2: step 3 was unsaved
+        runner_tests._train(tmp_path / "cut")
     err = capsys.readouterr().err
     assert "interrupted: saved the state at step 3" in err
-    assert f"--run-dir {tmp_path / 'cut'} --resume" in err
     assert RunDirectory(tmp_path / "cut", {}).latest_state().name == "step_3"
-    monkeypatch.setattr(runner_tests, "_Killed", runner_tests._Killed)
-    trainer, resumed = runner_tests._train(tmp_path / "cut", resume=True)
+    monkeypatch.undo()
+    _, resumed = runner_tests._train(tmp_path / "cut", resume=True)
     assert resumed.state.step == whole.state.step
     first = torch.load(whole.best_dir / "model.pt")
     second = torch.load(resumed.best_dir / "model.pt")
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 
+def test_ctrl_c_only_sets_a_flag_until_the_step_ends() -> None:
+    class Holder:
+        _interrupted = False
+
+    holder = Holder()
+    previous = _catch_sigint(holder)
+    try:
+        os.kill(os.getpid(), signal.SIGINT)  # no KeyboardInterrupt mid-step
+        assert holder._interrupted is True
+    finally:
+        _restore_sigint(previous)
+    assert signal.getsignal(signal.SIGINT) is previous
+
+
 def test_resume_command_names_the_command_and_the_folder() -> None:
     assert resume_command("runs/a b", ["sfp", "train-gwm", "--config", "sevir"]) == \
         "sfp train-gwm --run-dir 'runs/a b' --resume"
+    assert resume_command("r", ["sfp", "train-agent", "--plugins", "mine", "x=1"]) == \
+        "sfp train-agent --run-dir r --resume --plugins mine"
+    # inside another command (the leaderboard resumes with its own --resume): no hint
+    assert resume_command("r", ["sfp", "leaderboard", "--suite", "smoke"]) is None
 
 
 def test_a_run_that_never_saved_a_state_is_taken_over(tmp_path: Path) -> None:
@@ -106,7 +133,7 @@ def test_resume_needs_only_the_run_folder(tmp_path: Path, wm_path: Path,
 def test_a_diverged_sfp_agent_gets_the_trainers_message(tmp_path: Path, wm_path: Path) -> None:
     config = agent_config(tmp_path / "nan", wm_path, **{"optim.lr": 1e12, "train.epochs": 3,
                                                         "train.limit_train_samples": 6})
-    with pytest.raises(TrainingError, match="step"):
+    with pytest.raises(TrainingError, match="training diverged at step"):
         train_agent(config, tensorboard=False, progress=False)
 
 

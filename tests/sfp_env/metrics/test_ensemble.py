@@ -47,7 +47,7 @@ def test_brier_score_by_hand() -> None:
     truth = torch.tensor([0.7]).view(1, 1, 1, 1, 1)
     scores = brier_scores(pred, truth, [0.5, 0.8])
     # p(>= 0.5) = 3/4, observed 1 -> (0.25)^2; p(>= 0.8) = 1/4, observed 0 -> (0.25)^2
-    torch.testing.assert_close(scores, torch.tensor([0.0625, 0.0625]))
+    torch.testing.assert_close(scores, torch.tensor([0.0625, 0.0625], dtype=torch.float64))
 
 
 def test_rank_histogram_by_hand() -> None:
