@@ -7,7 +7,7 @@ to *rank* the futures of one forecast, so its scores are compared within a sampl
 
 :class:`CriticSelection` plans at inference: around the agent's intentions it samples ``n``
 futures (:func:`sfp_agents.planners.futures.sample_futures`; future 0 is the agent's own
-decode), scores them with the critic and forecasts the best; :meth:`CriticSelection.members`
+forecast), scores them with the critic and forecasts the best; :meth:`CriticSelection.members`
 returns all ``n`` as an ensemble ``[B, n, T_out, C, H, W]``.
 
 A critic checkpoint is one ``torch.save`` of a plain dict, read with ``weights_only=True``:
@@ -32,7 +32,8 @@ from sfp_env.world_model.checkpoint import read_torch_file, save_atomic
 __all__ = [
     "CriticConfig",
     "Critic",
-    "agent_intentions",
+    "agent_forecast",
+    "forecast_and_futures",
     "CriticSelection",
     "save_critic",
     "load_critic",
@@ -111,26 +112,40 @@ class Critic(nn.Module):
         return self(ctx, futures.reshape(b * n, *futures.shape[2:])).view(b, n)
 
 
-def agent_intentions(policy: nn.Module, world_model: Any, context: Tensor,
-                     chunk_frames: int) -> Tensor:
-    """The intentions ``[B, S, D, h, w]`` around which futures are imagined: an SFP agent's own
-    (``forecast_and_intentions``), else the world model's latents of the forecast's chunks (a
-    baseline's, as a frame-head agent forms them)."""
+def agent_forecast(policy: nn.Module, world_model: Any, context: Tensor,
+                   chunk_frames: int) -> tuple[Tensor, Tensor]:
+    """The agent's own forecast ``[B, T_out, C, H, W]`` and the intentions ``[B, S, D, h, w]``
+    around which futures are imagined: an SFP agent's own (``forecast_and_intentions``), else
+    the world model's latents of the forecast's chunks (a baseline's, as a frame-head agent
+    forms them)."""
     both = getattr(policy, "forecast_and_intentions", None)
     if callable(both):
-        return both(context)[1]
+        return both(context)
     forecast = policy(context)
     b, t = forecast.shape[:2]
     latents = world_model.encode(forecast.reshape(b * (t // chunk_frames), chunk_frames,
                                                   *forecast.shape[2:]))
-    return latents.view(b, t // chunk_frames, *latents.shape[1:])
+    return forecast, latents.view(b, t // chunk_frames, *latents.shape[1:])
+
+
+def forecast_and_futures(policy: nn.Module, world_model: Any, context: Tensor, n: int,
+                         top_k: int, temperature: float,
+                         generator: torch.Generator | None) -> Tensor:
+    """``[B, n, T_out, C, H, W]``: future 0 the agent's own forecast (a frame head's pixels, a
+    latent head's decode), the others sampled around its intentions
+    (:func:`~sfp_agents.planners.futures.sample_futures`)."""
+    forecast, intentions = agent_forecast(policy, world_model, context,
+                                          int(world_model.config.chunk_frames))
+    futures = sample_futures(world_model, context, intentions, n, top_k, temperature,
+                             generator).futures
+    futures[:, 0] = forecast.to(futures.dtype)
+    return futures
 
 
 class CriticSelection(nn.Module):
-    """Plan at inference: the critic's best of ``n`` futures sampled around the agent's
-    intentions (``forward``: ``[B, T_in, C, H, W]`` -> ``[B, T_out, C, H, W]``); with ``n = 1``
-    the agent's own decode. ``seed`` seeds the sampling at every call, so a forecast is a
-    function of the context alone."""
+    """Plan at inference: the critic's best of the agent's own forecast and ``n - 1`` futures
+    sampled around its intentions (``forward``: ``[B, T_in, C, H, W]`` -> ``[B, T_out, C, H,
+    W]``); with ``n = 1`` the agent's own forecast. ``seed`` seeds the sampling at every call."""
 
     def __init__(self, policy: nn.Module, world_model: Any, critic: Critic, n: int = 16,
                  top_k: int = 8, temperature: float = 1.0, seed: int = 0) -> None:
@@ -142,14 +157,13 @@ class CriticSelection(nn.Module):
         self.chunk_frames = int(world_model.config.chunk_frames)
 
     def members(self, context: Tensor) -> Tensor:
-        """The ``n`` sampled futures ``[B, n, T_out, C, H, W]`` (an ensemble; 0 = the agent's
-        decode)."""
+        """The ``n`` futures ``[B, n, T_out, C, H, W]`` (an ensemble; 0 = the agent's own
+        forecast). The sampling generator is seeded at every call, so for a given batch the
+        result is a function of the context alone."""
         generator = torch.Generator(device=context.device).manual_seed(self.seed)
         with torch.no_grad():
-            intentions = agent_intentions(self.policy, self.world_model, context,
-                                          self.chunk_frames)
-            return sample_futures(self.world_model, context, intentions, self.n, self.top_k,
-                                  self.temperature, generator).futures
+            return forecast_and_futures(self.policy, self.world_model, context, self.n,
+                                        self.top_k, self.temperature, generator)
 
     def forward(self, context: Tensor) -> Tensor:
         futures = self.members(context)

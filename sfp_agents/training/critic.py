@@ -1,8 +1,8 @@
 """``sfp train-critic``: train a critic that ranks imagined futures without the truth.
 
-Data: for every training window, ``candidates.n`` futures imagined around a trained agent's
-intentions (:func:`sfp_agents.planners.futures.sample_futures`: future 0 is the agent's own
-decode; the others draw each cell's code from the ``top_k`` nearest), each scored against the
+Data: for every training window, the agent's own forecast and ``candidates.n - 1`` futures
+imagined around its intentions (:func:`sfp_agents.policies.critic.forecast_and_futures`: the
+others draw each cell's code from the ``top_k`` nearest), each scored against the
 window's truth with the task's reward (the sum of its chunks' rewards, as the planners score
 paths). The agent and the world model are frozen, so the candidates are made once, before
 training, from the training split only (validation: the same on the validation split).
@@ -12,7 +12,8 @@ Loss per sample (``loss``): ``rank`` x the pairwise logistic loss over its candi
 ``MSE(s, r)`` (keeps the scores in reward units). Validation: the mean within-sample Spearman
 correlation between scores and rewards (``val/spearman``, which picks the best checkpoint
 ``run_dir/best/critic.pt``), and what picking by the critic gains over future 0
-(``val/gain_critic``) against picking by the truth (``val/gain_oracle``). A model card
+(the agent's own forecast; ``val/gain_critic``) against picking by the truth
+(``val/gain_oracle``). A model card
 ``best/critic.md`` records the command and these numbers.
 
 Usage::
@@ -40,9 +41,8 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from sfp_agents.agent_config import AgentTrainConfig
 from sfp_agents.config import OptimConfig
-from sfp_agents.planners.futures import sample_futures
 from sfp_agents.policies.checkpoint import load_agent
-from sfp_agents.policies.critic import Critic, CriticConfig, agent_intentions, save_critic
+from sfp_agents.policies.critic import Critic, CriticConfig, forecast_and_futures, save_critic
 from sfp_agents.training.barrier import main_process_first
 from sfp_agents.training.evaluate import check_windows, task_dataset
 from sfp_agents.training.runner import (
@@ -104,7 +104,8 @@ class CriticNetworkConfig:
 @dataclass
 class CandidatesConfig:
     """The futures the critic learns to rank: ``n`` per window, cells drawn from the ``top_k``
-    nearest codes with ``softmax(-sq_distance / temperature)`` (future 0: the agent's decode)."""
+    nearest codes with ``softmax(-sq_distance / temperature)`` (future 0: the agent's own
+    forecast)."""
 
     n: int = 16
     top_k: int = 8
@@ -223,18 +224,17 @@ def make_candidates(policy: Any, world_model: Any, dataset: Dataset, reward: Any
     with torch.no_grad():
         for i, (context, truth) in enumerate(loader):
             context, truth = context.float(), truth.float()
-            intentions = agent_intentions(policy, world_model, context, chunk_frames)
-            out = sample_futures(world_model, context, intentions, candidates.n,
-                                 candidates.top_k, candidates.temperature,
-                                 step_generator(seed, i))
-            b, n, t = out.futures.shape[:3]
+            out = forecast_and_futures(policy, world_model, context, candidates.n,
+                                       candidates.top_k, candidates.temperature,
+                                       step_generator(seed, i))
+            b, n, t = out.shape[:3]
             s = t // chunk_frames
-            rest = tuple(out.futures.shape[3:])
-            scored = reward(out.futures.reshape(b * n * s, chunk_frames, *rest),
+            rest = tuple(out.shape[3:])
+            scored = reward(out.reshape(b * n * s, chunk_frames, *rest),
                             truth[:, None].expand(b, n, *truth.shape[1:])
                             .reshape(b * n * s, chunk_frames, *rest))
             contexts.append(context)
-            futures.append(out.futures)
+            futures.append(out)
             rewards.append(scored.view(b, n, s).sum(-1))
     return TensorDataset(torch.cat(contexts), torch.cat(futures), torch.cat(rewards))
 
@@ -264,7 +264,7 @@ def _model_card(path: Path, config: CriticRunConfig, command: str,
         *(f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())), "",
         "`val/spearman`: mean within-window Spearman correlation of the critic's scores with "
         "the true rewards; `val/gain_critic` / `val/gain_oracle`: the reward gained over future "
-        "0 (the agent's decode) by the critic's pick / by the truth's pick.", "",
+        "0 (the agent's own forecast) by the critic's pick / by the truth's pick.", "",
     ]
     path.write_text("\n".join(lines))
 

@@ -359,7 +359,7 @@ def evaluate_ensemble(agent: str | Path, task: str | TaskSpec, n: int, split: st
                       data_kwargs: Mapping[str, Any] | None = None,
                       **kwargs: Any) -> dict[str, float]:
     """Ensemble scores (CRPS, spread-skill, rank histogram, Brier) of the ``n`` futures
-    sampled around the agent's intentions (member 0: its own decode) on the data (None: the
+    around the agent's intentions (member 0: its own forecast) on the data (None: the
     agent's training run's); ``kwargs`` go to :func:`planning_agent`."""
     from sfp_env.metrics.ensemble import EnsembleAccumulator
 

@@ -1,5 +1,5 @@
 """The critic: its ranking loss and statistics, truth-free planning at inference (N = 1 is the
-agent's decode), and ``sfp train-critic`` end to end on tiny data."""
+agent's own forecast), and ``sfp train-critic`` end to end on tiny data."""
 
 from __future__ import annotations
 
