@@ -865,7 +865,8 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         f"{results['wall_time_s'] / 60:.1f} min in all; created {results['created_utc']}.",
         "",
     ]
-    runs = results.get("runs", [])
+    # trainings: the baselines and agents (a calibration is fitted again in every run)
+    runs = [r for r in results.get("runs", []) if r["mode"] in ("baseline", "sfp")]
     reused = sum(bool(r.get("reused_training")) for r in runs)
     if reused:
         trained_s = sum(float(r.get("train_wall_s") or 0.0) for r in runs)
