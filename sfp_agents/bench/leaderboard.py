@@ -1026,10 +1026,12 @@ def _interval(stat: Mapping[str, Any] | None, rel: bool = False) -> str:
 def _share_text(share: Mapping[str, Any] | None) -> str:
     if not share or share.get("estimate") is None or not math.isfinite(share["estimate"]):
         return "n/a"
-    est = f"{100 * share['estimate']:.0f}%"
+    def pct(x: float) -> str:  # whole percent, "0%" rather than "-0%"
+        return f"{int(round(100 * x))}%"
+
     if not share.get("bounded"):
-        return f"{est} [unbounded]"
-    return f"{est} [{100 * share['low']:.0f}%, {100 * share['high']:.0f}%]"
+        return f"{pct(share['estimate'])} [unbounded]"
+    return f"{pct(share['estimate'])} [{pct(share['low'])}, {pct(share['high'])}]"
 
 
 def _paired_table(summary: Mapping[str, Any], task: str) -> list[str]:
