@@ -503,8 +503,9 @@ def test_ablations_are_checked_before_training() -> None:
 ])
 def test_a_no_planning_ablation_works_with_either_warmup(suite_warmup: str,
                                                          ablation: str) -> None:
-    """The README's ``no_planning`` ablation switches planning off whichever warmup setting
-    the suite itself uses (the longer warmup wins), while the full agent keeps the suite's."""
+    """An endless warmup (the old form of ``no_planning``) switches planning off whichever
+    warmup setting the suite itself uses (the longer warmup wins), while the full agent keeps
+    the suite's."""
     suite = SuiteConfig(tasks=["nse"], backbones=["resnet"], planners=["beam"],
                         overrides=[suite_warmup], ablations={"no_planning": [ablation]})
     check_rows(suite)
