@@ -410,6 +410,17 @@ class ForecastCore:
                 f"frame shape {list(want)} of the first split opened",
                 fix="use one data root whose splits share the grid",
             )
+        finite = (torch.isfinite(inputs).flatten(1).all(1)
+                  & torch.isfinite(targets).flatten(1).all(1))
+        if not bool(finite.all()):
+            bad = [int(indices[i]) for i in torch.nonzero(~finite).flatten().tolist()]
+            where = getattr(ds, "root", None) or getattr(ds, "path", None)
+            raise DataError(
+                f"split {split!r}: window(s) {bad[:8]} of "
+                f"{str(where) if where is not None else type(ds).__name__} hold NaN or inf "
+                "values, which no forecast or reward can score",
+                fix="clean those samples in the data files (or leave them out of the split)",
+            )
         inputs = inputs.to(self.device, torch.float32).clamp(self.low, self.high)
         return inputs, targets.to(self.device, torch.float32)
 

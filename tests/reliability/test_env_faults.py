@@ -21,7 +21,7 @@ import sfp_env.envs.forecast_env as forecast_env
 from sfp_env.envs.forecast_env import ForecastEnv
 from sfp_env.envs.tasks import TASKS
 from sfp_env.envs.vector_env import BatchedForecastVectorEnv
-from sfp_env.errors import ConfigError, RewardError, SFPError
+from sfp_env.errors import ConfigError, DataError, RewardError, SFPError
 from sfp_env.metrics.rewards import REWARDS, get_reward
 
 TASK_NAMES = list(TASKS)
@@ -230,3 +230,21 @@ def test_env_errors_are_gymnasiums_too(env_kwargs) -> None:
     env.reset(seed=0)
     with pytest.raises(gym.error.InvalidAction):
         env.step(np.zeros(3, dtype=np.float32))
+
+
+def test_a_sample_with_nan_is_refused_at_reset_naming_it(env_fx, tmp_path: Path) -> None:
+    """NaN in one sample of an NSE netCDF file: reset refuses that window (naming the split,
+    the window and the data folder) instead of a step failing later."""
+    import xarray as xr
+
+    root = env_fx.write_nse(tmp_path / "nse")
+    with xr.open_dataset(root / "test.nc") as ds:
+        data = ds.load()
+    data["vorticity"][1, 3, 2, 2] = float("nan")
+    (root / "test.nc").unlink()
+    data.to_netcdf(root / "test.nc")
+    env = gym.make("SFP-NSE-v0", data_dir=root, world_model=env_fx.tiny_world_model("nse"))
+    env.reset(seed=0, options={"split": "test", "index": 0})  # a clean window still works
+    with pytest.raises(DataError, match=r"window\(s\) \[1\].*NaN") as info:
+        env.reset(seed=0, options={"split": "test", "index": 1})
+    assert str(root) in str(info.value)
