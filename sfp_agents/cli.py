@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "run an sfp command in N processes (CPUs or GPUs): sfp launch -n 2 evaluate ..."),
     "train-gwm": ("sfp_agents.training.pretrain", "Stage 1: pretrain a generative world model"),
     "train-agent": ("sfp_agents.training.self_train", "Stage 2: self-train an agent (or baseline)"),
+    "train-prior": ("sfp_agents.training.prior",
+                    "learn the code prior p(codes | past) of a frozen world model"),
     "evaluate": ("sfp_agents.training.evaluate", "evaluate an agent checkpoint on an environment"),
     "train-critic": ("sfp_agents.training.critic",
                      "train a critic that ranks imagined futures without the truth"),
@@ -42,6 +44,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                     "baseline vs +SFP leaderboard per task/backbone"),
     "visualize": ("sfp_agents.visualize", "PNG panel and GIF of truth vs forecasts"),
     "bench": ("sfp_agents.bench.throughput", "throughput benchmarks (ratios on this machine)"),
+    "headroom": ("sfp_agents.headroom",
+                 "oracle best-of-N headroom of planning candidates (top-K vs prior samples)"),
 }
 
 

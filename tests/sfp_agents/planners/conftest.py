@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from planner_fixtures import Inputs, make_inputs, tiny_world_model
+from planner_fixtures import Inputs, make_inputs, tiny_prior, tiny_world_model
 
 from sfp_env.world_model import GenerativeWorldModel
+from sfp_env.world_model.prior import CodePrior
 
 
 @pytest.fixture(scope="module")
@@ -16,3 +17,8 @@ def wm() -> GenerativeWorldModel:
 @pytest.fixture()
 def inputs(wm: GenerativeWorldModel) -> Inputs:
     return make_inputs(wm)
+
+
+@pytest.fixture(scope="module")
+def prior(wm: GenerativeWorldModel) -> CodePrior:
+    return tiny_prior(wm)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from sfp_env.world_model import GenerativeWorldModel, WorldModelConfig
+from sfp_env.world_model.prior import CodePrior, CodePriorConfig
 
 IN_FRAMES, CHUNK, SIZE, LATENT_DIM, CODES = 3, 2, 16, 4, 16
 
@@ -19,6 +20,13 @@ def tiny_world_model(seed: int = 0, frozen: bool = True) -> GenerativeWorldModel
     )
     model = GenerativeWorldModel(config)
     return model.freeze() if frozen else model
+
+
+def tiny_prior(world_model: GenerativeWorldModel, seed: int = 0) -> CodePrior:
+    """An untrained code prior of ``world_model`` (its samples are valid, random code grids)."""
+    config = CodePriorConfig.for_world_model(world_model, width=16, layers=1, heads=2,
+                                             dropout=0.0, seed=seed)
+    return CodePrior(config, world_model).eval()
 
 
 @dataclass

@@ -18,11 +18,23 @@ TINY = {
     "random_shooting": {"num_samples": 3},
     "cem": {"population": 3, "elites": 2, "iterations": 2},
 }
+#: the code-prior candidate modes of the beam planners ("prior": the tiny prior fixture)
+PRIOR_VARIANTS = [
+    ("beam", {"beam_width": 2, "top_k": 3, "candidates": "prior", "num_candidates": 4}),
+    ("greedy", {"top_k": 3, "candidates": "prior", "prior_steps": 2}),
+    ("beam", {"beam_width": 2, "top_k": 3, "candidates": "guided", "guided_fraction": 0.5}),
+    ("greedy", {"top_k": 3, "candidates": "guided", "num_candidates": 2, "prior_top_p": 0.9}),
+]
+VARIANTS = [(name, TINY.get(name, {})) for name in PLANNERS] + PRIOR_VARIANTS
 
 
-@pytest.mark.parametrize("name", list(PLANNERS))
-def test_registered_planner_returns_a_consistent_plan(wm, inputs: Inputs, name: str) -> None:
-    planner = get_planner(name, **TINY.get(name, {}))
+@pytest.mark.parametrize(("name", "kwargs"), VARIANTS,
+                         ids=[f"{n}-{k.get('candidates', 'default')}" for n, k in VARIANTS])
+def test_registered_planner_returns_a_consistent_plan(wm, prior, inputs: Inputs, name: str,
+                                                      kwargs: dict) -> None:
+    if kwargs.get("candidates") in ("prior", "guided"):
+        kwargs = {**kwargs, "prior": prior}
+    planner = get_planner(name, **kwargs)
     plan = planner.plan(inputs.context, inputs.intentions, wm, "neg_mse", inputs.truth)
     b, steps = inputs.intentions.shape[:2]
     d, h, w = wm.latent_shape
