@@ -270,7 +270,7 @@ def _share(value: float, low: float, high: float) -> float | None:
     gap = high - low
     if not math.isfinite(gap) or gap == 0 or not math.isfinite(value):
         return None
-    return (value - low) / gap
+    return (value - low) / gap + 0.0  # + 0.0: no -0.0 in the table
 
 
 @torch.no_grad()

@@ -234,9 +234,10 @@ def write_prior_card(path: Path, *, task: str, world_model: str, command: str,
                      f"{quality[f'nll@{r}']:.4f} |")
     lines += [
         "",
-        "| baseline (every cell from the past alone) | token accuracy | NLL per token (nats) |",
+        "| reference | token accuracy | NLL per token (nats) |",
         "|---|---|---|",
-        f"| this prior, all cells masked | {quality.get('accuracy@0', float('nan')):.4f} | "
+        f"| this prior, every cell from the past alone (all masked) | "
+        f"{quality.get('accuracy@0', float('nan')):.4f} | "
         f"{quality.get('nll@0', float('nan')):.4f} |",
         f"| this prior, exact random-order log-likelihood ({meta.get('ll_steps', 8)} steps) | "
         f"- | {-quality['ll_per_token']:.4f} |",
